@@ -1,0 +1,54 @@
+# Two set-up commands for a fresh machine: `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+PY      := .venv/bin/python
+WORK    ?= workdirs/demo
+APT_PKGS := fluidsynth libfluidsynth3 fluid-soundfont-gm timgm6mb-soundfont
+export XLA_FLAGS ?=
+export TF_CPP_MIN_LOG_LEVEL := 3
+
+.PHONY: demo test test-slow install data sps-demo clean-demo
+
+# --- environment ------------------------------------------------------------------------------
+.venv/.apt-done:
+	@mkdir -p .venv
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make: installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	@touch $@
+
+.venv/.installed: pyproject.toml .venv/.apt-done
+	@test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+install: .venv/.installed
+
+# --- data: the embedded default corpus (music21's bundled corpus + Debian game soundtracks) -----
+data/debian_midi/.done: .venv/.installed
+	bash scripts/fetch_debian_midi.sh data/debian_midi
+	@touch $@
+
+data: data/debian_midi/.done
+	$(PY) -m m4mjax.datasets.build --data_dir=data/m4m
+
+# --- the main job on the embedded default data --------------------------------------------------
+demo: data
+	$(PY) -m m4mjax.train --config=experiments/m4m/lm_pretrain.py:demo --workdir=$(WORK)
+	$(PY) -m m4mjax.evaluate --workdir=$(WORK)
+	$(PY) -m m4mjax.sample --workdir=$(WORK) --out=$(WORK)/sample.mid
+	@echo; echo "demo outputs:"; echo "  run dir      $(WORK)  (config.json, metrics.jsonl, checkpoints/, tb/)"; \
+	echo "  evaluation   $(WORK)/eval.json"; echo "  sampled MIDI $(WORK)/sample.mid"
+
+# --- tests ------------------------------------------------------------------------------------
+test: .venv/.installed data/debian_midi/.done
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+test-slow: .venv/.installed
+	$(PY) -m pytest -q -m slow
+
+clean-demo:
+	rm -rf $(WORK)

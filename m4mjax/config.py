@@ -1,0 +1,51 @@
+"""Every knob of an m4m run, once, with a one-line comment. Experiment files start from defaults()."""
+from __future__ import annotations
+
+import ml_collections
+
+def model_defaults(size: int = 1) -> ml_collections.ConfigDict:
+    """The foundation LM's knobs (spec §3); each is commented where it is defined, in m4mjax.model."""
+    from m4mjax.model import model_config
+
+    return model_config(size)
+
+
+def defaults() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0                          # parameter init / data order / dropout
+    c.task = "lm"                       # one of m4mjax.tasks.TASKS
+    c.init_from = ""                    # workdir whose latest params initialise the model (weights only)
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # -1 = all remaining devices
+    c.model = model_defaults(1)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "default"             # 'default' (embedded corpus) or a path made by `m4mjax.prepare`
+    c.data.dir = "data/m4m"             # where TFDS/array_record datasets live
+    c.data.frames = 384                 # window length in 16th-note frames (24 bars of 4/4)
+    c.data.batch_size = 8               # global batch (windows)
+    c.data.pitch_shift = (-5, 6)        # training transposition range (semitones; drums never shifted)
+    c.data.num_workers = 0              # grain worker processes (0 = in-process)
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-4                   # peak learning rate (spec: 1e-4; 5e-5 for size >= 2)
+    c.optim.schedule = "onecycle"       # 'onecycle' (official) or 'constant'
+    c.optim.warmup_frac = 0.005         # warm-up as a fraction of train.steps
+    c.optim.weight_decay = 0.01         # AdamW decoupled weight decay
+    c.optim.b1 = 0.9                    # Adam beta1
+    c.optim.b2 = 0.999                  # Adam beta2
+    c.optim.grad_clip = 1.0             # global-norm clip (0 = off)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 2_000_000           # total optimiser steps
+    c.train.log_every = 50              # metrics.jsonl / progress line cadence
+    c.train.eval_every = 1000           # held-out loss cadence (0 = never during training)
+    c.train.eval_batches = 25           # batches per held-out evaluation
+    c.train.ckpt_every = 1000           # checkpoint cadence (also on SIGTERM and at the end)
+    c.train.ckpt_keep = 3               # checkpoints kept
+    c.train.peak_flops = 153e9          # per-device peak FLOP/s for MFU (measure with benchmarks/matmul_peak.py)
+
+    c.sample = ml_collections.ConfigDict()
+    c.sample.temperature = 1.0          # softmax temperature
+    c.sample.top_p = 0.95               # nucleus sampling mass
+    c.sample.n_frames = 128             # frames to generate after the prompt
+    return c

@@ -1,0 +1,209 @@
+"""RoFormer building blocks in Flax NNX: rotary tables, a post-LN block with LoRA and KV cache, a stack.
+
+Faithful to HF ``RoFormerEncoder`` as used by the official m4m code: interleaved-pair rotary embeddings
+on q and k (sin table in the first half, cos in the second, base 10000), post-LN BERT blocks, exact GELU,
+LayerNorm eps 1e-12, dropout on attention probabilities and on both sub-layer outputs. Parameters start
+like PyTorch defaults (uniform +-1/sqrt(fan_in)) because the official modules never ran HF's init.
+
+Parameter layout (for the HF converter): ``qkv[e, j, h, d]`` = ``{query,key,value}[j].weight[h*D+d, e]``,
+``o[h, d, e]`` = ``output.dense.weight[e, h*D+d]``, ``ff1``/``ff2`` = ``intermediate``/``output`` dense
+weights transposed, ``ln1``/``ln2`` = ``attention.output.LayerNorm`` / ``output.LayerNorm``.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from m4mjax.run import mesh as _mesh  # noqa: F401  (switches off Flax eager sharding before modules exist)
+
+NEG_INF = -1e30
+Cross = Callable[[int, jax.Array], jax.Array]  # (layer_index, layer input [N,T,E]) -> delta [N,T,E]
+KV = tuple[jax.Array, jax.Array]  # per-layer cache: k, v each [N, S, H, D]
+
+
+class LoRAParam(nnx.Param):
+    """Low-rank adapter weights (select with ``nnx.filterlib``/``nnx.state(model, LoRAParam)``)."""
+
+
+class AdapterParam(nnx.Param):
+    """Function-alignment adapter weights (cross-attention adapters, gates, segment/mask embeddings)."""
+
+
+def torch_uniform(fan_in: int) -> Callable:
+    """PyTorch's default Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases."""
+    bound = 1.0 / np.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def param(rngs: nnx.Rngs, init: Callable, shape: Sequence[int], names: Sequence[str | None],
+          dtype=jnp.float32, kind: type[nnx.Param] = nnx.Param) -> nnx.Param:
+    """A variable of type ``kind`` carrying logical axis names (one per dim) for the mesh rules."""
+    if len(names) != len(shape):
+        raise ValueError(f"param: names {names} do not match shape {shape}")
+    return kind(nnx.with_partitioning(init, tuple(names))(rngs.params(), tuple(shape), dtype))
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout; identity when ``key`` is None (evaluation) or ``rate`` is 0."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def fold(key: jax.Array | None, i: int) -> jax.Array | None:
+    """Derive a sub-key (or None)."""
+    return None if key is None else jax.random.fold_in(key, i)
+
+
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
+    """LayerNorm over the last axis, statistics in float32."""
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    var = jnp.square(xf - mean).mean(-1, keepdims=True)
+    y = (xf - mean) * jax.lax.rsqrt(var + eps) * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    return y.astype(x.dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def sinusoid_table(n: int, dim: int) -> np.ndarray:
+    """HF RoFormer position table [n, dim]: sin(pos*w_k) in [:dim/2], cos(pos*w_k) in [dim/2:], w_k=1e4^(-2k/dim)."""
+    pos = np.arange(n, dtype=np.float64)[:, None]
+    w = np.power(10000.0, -2.0 * np.arange(dim // 2, dtype=np.float64) / dim)[None, :]
+    return np.concatenate([np.sin(pos * w), np.cos(pos * w)], axis=1).astype(np.float32)
+
+
+def rope(positions: jax.Array, dim: int, n_table: int, extra: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(sin, cos) [N, T, 1, dim/2] for integer ``positions`` [N, T]; ``extra`` [N, T, dim] is added to the
+    table first (FA_self's learned segment embedding)."""
+    table = jnp.take(jnp.asarray(sinusoid_table(n_table, dim)), positions, axis=0, mode="clip")
+    if extra is not None:
+        table = table + extra.astype(table.dtype)
+    sin, cos = jnp.split(table[:, :, None, :], 2, axis=-1)
+    return sin, cos
+
+
+def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
+    """Rotate interleaved pairs (x[2k], x[2k+1]) of x [N, T, H, D] by the angles in sin/cos."""
+    xp = x.reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
+    x0, x1 = xp[..., 0], xp[..., 1]
+    sin, cos = sin.astype(x.dtype), cos.astype(x.dtype)
+    return jnp.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], axis=-1).reshape(x.shape)
+
+
+class Block(nnx.Module):
+    """One post-LN RoFormer layer: LN(x + Drop(Attn(x)) [+ cross delta]); LN(h + Drop(FFN(h)))."""
+
+    def __init__(self, width: int, heads: int, ffn: int, *, dropout: float = 0.1, eps: float = 1e-12,
+                 lora_rank: int = 0, lora_alpha: float = 0.0, lora_dropout: float = 0.0,
+                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        if width % heads:
+            raise ValueError(f"model config: width {width} not divisible by heads {heads}")
+        hd = width // heads
+        self.heads, self.head_dim, self.rate, self.eps, self.dtype = heads, hd, dropout, eps, dtype
+        u, p = torch_uniform, functools.partial(param, rngs, dtype=param_dtype)
+        self.qkv = p(u(width), (width, 3, heads, hd), ("embed", None, "heads", "head_dim"))
+        self.qkv_b = p(u(width), (3, heads, hd), (None, "heads", "head_dim"))
+        self.o = p(u(width), (heads, hd, width), ("heads", "head_dim", "embed"))
+        self.o_b = p(u(width), (width,), ("embed",))
+        self.ln1_scale = p(nnx.initializers.ones, (width,), ("embed",))
+        self.ln1_bias = p(nnx.initializers.zeros, (width,), ("embed",))
+        self.ff1 = p(u(width), (width, ffn), ("embed", "mlp"))
+        self.ff1_b = p(u(width), (ffn,), ("mlp",))
+        self.ff2 = p(u(ffn), (ffn, width), ("mlp", "embed"))
+        self.ff2_b = p(u(ffn), (width,), ("embed",))
+        self.ln2_scale = p(nnx.initializers.ones, (width,), ("embed",))
+        self.ln2_bias = p(nnx.initializers.zeros, (width,), ("embed",))
+        self.lora_rank = lora_rank
+        if lora_rank:  # peft-style LoRA on query (index 0) and value (index 1): x A B * alpha/r, B = 0 at init
+            self.lora_scale, self.lora_rate = lora_alpha / lora_rank, lora_dropout
+            self.lora_a = p(u(width), (2, width, lora_rank), (None, "embed", "rank"), kind=LoRAParam)
+            self.lora_b = p(nnx.initializers.zeros, (2, lora_rank, heads, hd), (None, "rank", "heads", "head_dim"),
+                            kind=LoRAParam)
+
+    def __call__(self, x: jax.Array, sin: jax.Array, cos: jax.Array, mask: jax.Array | None, *,
+                 layer_index: int = 0, cross: Cross | None = None, cache: KV | None = None,
+                 cache_index: jax.Array | int = 0, key: jax.Array | None = None) -> tuple[jax.Array, KV | None]:
+        """x [N,T,E]; mask bool broadcastable to [N,T,S] (True = attend) or None; returns (y, new cache)."""
+        dt = self.dtype
+        xc = x.astype(dt)
+        qkv = jnp.einsum("nte,ejhd->ntjhd", xc, self.qkv[...].astype(dt)) + self.qkv_b[...].astype(dt)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if self.lora_rank:
+            xl = dropout(xc, self.lora_rate, fold(key, 0))
+            a, b = self.lora_a[...].astype(dt), self.lora_b[...].astype(dt)
+            low = jnp.einsum("nte,jer->jntr", xl, a)
+            q = q + jnp.einsum("ntr,rhd->nthd", low[0], b[0]) * self.lora_scale
+            v = v + jnp.einsum("ntr,rhd->nthd", low[1], b[1]) * self.lora_scale
+        q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
+        new_cache = None
+        if cache is not None:
+            k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, axis=1)
+            new_cache = (k, v)
+            k, v = k.astype(dt), v.astype(dt)
+        s = jnp.einsum("nthd,nshd->nhts", q, k, preferred_element_type=jnp.float32) / np.sqrt(self.head_dim)
+        if mask is not None:
+            s = jnp.where(mask[:, None], s, NEG_INF)
+        probs = dropout(jax.nn.softmax(s, axis=-1), self.rate, fold(key, 1)).astype(dt)
+        ctx = jnp.einsum("nhts,nshd->nthd", probs, v)
+        att = jnp.einsum("nthd,hde->nte", ctx, self.o[...].astype(dt)) + self.o_b[...].astype(dt)
+        att = dropout(att, self.rate, fold(key, 2))
+        if cross is not None:  # FA_cross: gated adapter output joins the self-attention output pre-LN
+            att = att + cross(layer_index, x).astype(dt)
+        h = layer_norm(att + xc, self.ln1_scale[...], self.ln1_bias[...], self.eps)
+        f = jax.nn.gelu(h @ self.ff1[...].astype(dt) + self.ff1_b[...].astype(dt), approximate=False)
+        f = dropout(f @ self.ff2[...].astype(dt) + self.ff2_b[...].astype(dt), self.rate, fold(key, 3))
+        return layer_norm(f + h, self.ln2_scale[...], self.ln2_bias[...], self.eps), new_cache
+
+
+class Stack(nnx.Module):
+    """A RoFormer encoder stack (a Python loop over blocks, so per-layer hooks stay plain Python)."""
+
+    def __init__(self, n_layers: int, width: int, heads: int, ffn: int, *, remat: bool = False,
+                 max_positions: int = 1536, **block_kw):
+        rngs = block_kw.pop("rngs")
+        self.blocks = nnx.List([Block(width, heads, ffn, rngs=rngs, **block_kw) for _ in range(n_layers)])
+        self.remat, self.max_positions, self.head_dim = remat, max_positions, width // heads
+        self.heads = heads
+
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None, *,
+                 rope_extra: jax.Array | None = None, cross: Cross | None = None,
+                 cache: list[KV] | None = None, cache_index: jax.Array | int = 0,
+                 key: jax.Array | None = None) -> tuple[jax.Array, list[jax.Array], list[KV] | None]:
+        """Run all layers; returns (output, every layer's input hidden state, new caches or None)."""
+        sin, cos = rope(positions, self.head_dim, self.max_positions, rope_extra)
+        hiddens, new_caches = [], []
+        for i, blk in enumerate(self.blocks):
+            hiddens.append(x)
+            c = None if cache is None else cache[i]
+
+            def run(blk, x, sin, cos, c, cache_index, key, i=i):
+                return blk(x, sin, cos, mask, layer_index=i, cross=cross, cache=c, cache_index=cache_index, key=key)
+
+            if self.remat:
+                run = nnx.remat(run)
+            x, c = run(blk, x, sin, cos, c, cache_index, fold(key, i))
+            new_caches.append(c)
+        return x, hiddens, (new_caches if cache is not None else None)
+
+    def init_cache(self, n: int, length: int, dtype) -> list[KV]:
+        """Zeroed KV caches for ``n`` sequences of up to ``length`` positions."""
+        shape = (n, length, self.heads, self.head_dim)
+        return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in self.blocks]
+
+
+def causal_mask(t: int, s: int | None = None, offset: jax.Array | int = 0) -> jax.Array:
+    """Bool [1, t, s]: query i (absolute position offset+i) may attend key j iff j <= offset+i."""
+    s = t if s is None else s
+    q = jnp.arange(t)[:, None] + offset
+    return (jnp.arange(s)[None, :] <= q)[None]

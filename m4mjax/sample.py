@@ -1,0 +1,149 @@
+"""KV-cache sampling from the foundation LM: a whole batch of prompts in one jitted loop.
+
+    python -m m4mjax.sample --workdir=W --prompt=in.mid --out=x.mid [--n_frames=64 --temperature=1.0
+        --top_p=1.0 --seed=0 --num_samples=1 --prompt_frames=64]
+
+The global decoder's cache is filled from the prompt once; each new frame is sampled token by token by
+the local decoder (its own KV cache), EOS ends the frame (forced at the last slot), PAD fills the rest,
+then the frame's embedding advances the global cache by one step.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from m4mjax.model import M4MTransformer
+
+
+def sample_logits(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Sample ids from logits [N,V] with temperature (<= 0 means greedy) and nucleus (top-p) filtering."""
+    scaled = logits / jnp.maximum(temperature, 1e-6)
+    sorted_desc = -jnp.sort(-scaled, axis=-1)
+    probs = jax.nn.softmax(sorted_desc, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each sorted entry
+    kept = jnp.where(before < top_p, sorted_desc, jnp.inf).min(-1, keepdims=True)  # smallest kept logit
+    scaled = jnp.where(scaled >= kept, scaled, -jnp.inf)
+    sampled = jax.random.categorical(key, scaled, axis=-1)
+    return jnp.where(temperature <= 0, jnp.argmax(logits, -1), sampled).astype(jnp.int32)
+
+
+def sample_frame(model: M4MTransformer, g: jax.Array, key: jax.Array, temperature: jax.Array,
+                 top_p: jax.Array) -> jax.Array:
+    """Tokens [N,L] of one frame per row from global outputs g [N,E] (local decoder with a KV cache)."""
+    cfg = model.cfg
+    N, L = g.shape[0], cfg.max_frame_tokens
+    banned = jnp.zeros((cfg.vocab_size,), bool).at[jnp.array([cfg.sos_id, cfg.pad_id])].set(True)
+
+    def cond(c):
+        i, _, _, _, done, _ = c
+        return (i < L) & ~jnp.all(done)
+
+    def body(c):
+        i, x, cache, toks, done, key = c
+        logits, cache = model.local_step(x, i, cache)
+        key, k = jax.random.split(key)
+        tok = sample_logits(jnp.where(banned, -jnp.inf, logits), k, temperature, top_p)
+        tok = jnp.where(i == L - 1, cfg.eos_id, tok)  # no room left: end the frame
+        tok = jnp.where(done, cfg.pad_id, tok)
+        toks = jax.lax.dynamic_update_slice_in_dim(toks, tok[:, None], i, axis=1)
+        return i + 1, model.embed_tokens(tok), cache, toks, done | (tok == cfg.eos_id), key
+
+    init = (jnp.int32(0), g.astype(model.dtype), model.init_local_cache(N), jnp.full((N, L), cfg.pad_id, jnp.int32),
+            jnp.zeros((N,), bool), key)
+    return jax.lax.while_loop(cond, body, init)[3]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "n_frames"))
+def _generate(graphdef, state, prompt: jax.Array, rng: jax.Array, temperature: jax.Array, top_p: jax.Array,
+              n_frames: int) -> jax.Array:
+    model = nnx.merge(graphdef, state)
+    B, F0, L = prompt.shape
+    cache = model.init_global_cache(B, F0 + n_frames + 1)
+    frames, _ = model.local_encode(prompt)
+    sos = jnp.broadcast_to(model.global_sos[...].astype(frames.dtype), (B, 1, frames.shape[-1]))
+    h0 = jnp.concatenate([sos, frames], axis=1)  # [SOS, frame 0 .. F0-1]: the last output predicts frame F0
+    g, _, cache = model.global_decode(h0, cache=cache, cache_index=0)
+    out = jnp.concatenate([prompt.astype(jnp.int32), jnp.full((B, n_frames, L), model.cfg.pad_id, jnp.int32)], 1)
+
+    def body(t, c):
+        out, cache, g_last, rng = c
+        rng, k = jax.random.split(rng)
+        frame = sample_frame(model, g_last, k, temperature, top_p)
+        out = jax.lax.dynamic_update_slice_in_dim(out, frame[:, None], F0 + t, axis=1)
+        emb, _ = model.local_encode(frame[:, None])
+        g, _, cache = model.global_decode(emb, cache=cache, cache_index=F0 + 1 + t)
+        return out, cache, g[:, 0], rng
+
+    return jax.lax.fori_loop(0, n_frames, body, (out, cache, g[:, -1], rng))[0]
+
+
+def generate(model: M4MTransformer, prompt_tokens: jax.Array, n_frames: int, rng: jax.Array,
+             temperature: float = 1.0, top_p: float = 1.0) -> jax.Array:
+    """Continue prompts [B,F0,L] by ``n_frames`` frames -> tokens [B,F0+n_frames,L] (one jitted loop)."""
+    if prompt_tokens.ndim != 3 or prompt_tokens.shape[-1] != model.cfg.max_frame_tokens:
+        raise ValueError(f"generate: prompt must be [B, F0, {model.cfg.max_frame_tokens}], got {prompt_tokens.shape}")
+    if n_frames < 1:
+        raise ValueError(f"generate: n_frames must be >= 1, got {n_frames}")
+    graphdef, state = nnx.split(model)
+    return _generate(graphdef, state, jnp.asarray(prompt_tokens, jnp.int32), rng, jnp.float32(temperature),
+                     jnp.float32(top_p), n_frames=n_frames)
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+def load_model(workdir: str) -> M4MTransformer:
+    """The model of a run directory (config.json + latest checkpointed params)."""
+    from m4mjax.run import checkpoint, cli
+
+    cfg = cli.load_config(workdir)
+    model = nnx.eval_shape(lambda: M4MTransformer(cfg.model, rngs=nnx.Rngs(0)))
+    params = checkpoint.load_params(workdir)
+    state = nnx.state(model, nnx.Param)
+    try:
+        nnx.replace_by_pure_dict(state, params)
+    except Exception as e:
+        raise ValueError(f"{workdir}: checkpoint params do not match config.json's model ({e})") from None
+    nnx.update(model, state)
+    return model
+
+
+def main(argv=None) -> None:
+    """Sample continuations of a prompt MIDI file and write them as MIDI."""
+    import numpy as np
+    from absl import app, flags
+
+    from m4mjax import tokenizer as tk
+
+    flags.DEFINE_string("workdir", None, "run directory (config.json + checkpoints/)", required=True)
+    flags.DEFINE_string("prompt", None, "prompt MIDI file", required=True)
+    flags.DEFINE_string("out", None, "output MIDI path (sample i > 0 gets a _i suffix)", required=True)
+    flags.DEFINE_integer("prompt_frames", 64, "frames of the prompt to keep (16th notes)")
+    flags.DEFINE_integer("n_frames", 64, "frames to generate")
+    flags.DEFINE_float("temperature", 1.0, "sampling temperature (0 = greedy)")
+    flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass")
+    flags.DEFINE_integer("seed", 0, "random seed")
+    flags.DEFINE_integer("num_samples", 1, "continuations sampled at once (one batch)")
+    FLAGS = flags.FLAGS
+
+    def run(_):
+        model = load_model(FLAGS.workdir)
+        notes, n = tk.midi_to_notes(tk.load_midi(FLAGS.prompt), name=FLAGS.prompt)
+        f0 = min(FLAGS.prompt_frames, n)
+        prompt = tk.notes_to_tokens(notes, 0, f0, model.cfg.max_frame_tokens)
+        batch = np.repeat(prompt[None], FLAGS.num_samples, axis=0)
+        out = np.asarray(generate(model, batch, FLAGS.n_frames, jax.random.key(FLAGS.seed), FLAGS.temperature,
+                                  FLAGS.top_p))
+        root, ext = os.path.splitext(FLAGS.out)
+        for i, toks in enumerate(out):
+            path = FLAGS.out if i == 0 else f"{root}_{i}{ext or '.mid'}"
+            tk.notes_to_midi(tk.tokens_to_notes(toks), path)
+            print(f"wrote {path} ({f0} prompt + {FLAGS.n_frames} sampled frames)")
+
+    app.run(run, argv=argv)
+
+
+if __name__ == "__main__":
+    main()

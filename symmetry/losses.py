@@ -1,0 +1,129 @@
+"""SPS training loss (spec §5): every term with summed reductions, 1/K, and the variant switches.
+
+One call = one training step's forward pass for one model: encode, self-reconstruct, roll the prior
+on the identity path and on K transformed copies per group path (all paths in ONE scan), decode every
+needed latent in ONE batched decoder call, and return (total, {term: value}).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from symmetry.groups import Group, make_group
+from symmetry.model import SPSConfig, SPSModel
+
+
+def teacher_forcing_prob(iteration: jax.Array, alpha: float, beta: float) -> jax.Array:
+    """p_tf(iter) = alpha / (alpha + exp((iter + beta) / alpha)) (spec §4.4)."""
+    it = jnp.asarray(iteration, jnp.float32)
+    return alpha / (alpha + jnp.exp((it + beta) / alpha))
+
+
+def teacher_forcing_mask(key: jax.Array, iteration: jax.Array, length: int, cfg: SPSConfig) -> jax.Array:
+    """bool [T]: True = feed the (transformed) encoder latent. Steps < base_len always True; later steps
+    one Bernoulli(p_tf) each, to be shared across the batch of one loss path."""
+    t = jnp.arange(length)
+    if not cfg.scheduled_sampling:
+        return jnp.ones((length,), bool)
+    p = teacher_forcing_prob(iteration, cfg.ss_alpha, cfg.ss_beta)
+    return (t < cfg.base_len) | (jax.random.uniform(key, (length,)) <= p)
+
+
+def reparameterize(key: jax.Array, mu: jax.Array, logvar: jax.Array, mode: str) -> jax.Array:
+    """'official': mu + eps * 0.5 * exp(logvar) (the authors' code); 'standard': mu + eps * exp(logvar / 2)."""
+    eps = jax.random.normal(key, mu.shape, mu.dtype)
+    scale = 0.5 * jnp.exp(logvar) if mode == "official" else jnp.exp(0.5 * logvar)
+    return mu + eps * scale
+
+
+def kl_sum(mu: jax.Array, logvar: jax.Array) -> jax.Array:
+    """Summed standard-Gaussian KL: -1/2 sum(1 + logvar - mu^2 - exp(logvar))."""
+    return -0.5 * jnp.sum(1.0 + logvar - mu**2 - jnp.exp(logvar))
+
+
+def bce_sum(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Summed BCE of sigmoid(logits) against targets in [0, 1] (torch BCELoss(reduction='sum'))."""
+    return jnp.sum(optax.sigmoid_binary_cross_entropy(logits, jnp.broadcast_to(targets, logits.shape)))
+
+
+def sq_sum(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Summed squared error (torch MSELoss(reduction='sum'))."""
+    return jnp.sum((a - b) ** 2)
+
+
+def make_groups(cfg: SPSConfig) -> list[tuple[str, Group]]:
+    """The augmentation paths of cfg: [] for K=0 or the beta-VAE baseline."""
+    if cfg.K == 0 or not cfg.prior:
+        return []
+    return [(n, make_group(n, cfg.prior_dims, cfg.translate_dims, cfg.t_range)) for n in cfg.groups]
+
+
+def sps_loss(model: SPSModel, x: jax.Array, iteration: jax.Array, key: jax.Array,
+             cfg: SPSConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """x [B, T, *frame] in [0,1] -> (total loss, dict of weighted terms + 'loss' + 'p_tf').
+
+    Terms: self_x, kl, [prior_x, prior_z, sym_z/<g>, sym_x/<g>, srs/<g>]; each sym term already carries
+    its weight and 1/K. Decoding of predictions uses the prior dims from the prior and, when d >
+    prior_dims, the remaining dims from the encoder at the target step."""
+    B, T = x.shape[:2]
+    k_eps, k_mask, k_grp = jax.random.split(key, 3)
+    mu, logvar = model.encode(x)
+    if cfg.variant == "ae":
+        z, kl = mu, jnp.zeros((), mu.dtype)
+    else:
+        z, kl = reparameterize(k_eps, mu, logvar, cfg.reparam), cfg.w_kl * kl_sum(mu, logvar)
+    terms: dict[str, jax.Array] = {"kl": kl}
+
+    if not cfg.prior:  # "beta-VAE" baseline: self-reconstruction + KL only
+        terms["self_x"] = bce_sum(model.decode(z), x)
+        return _total(terms, cfg, iteration)
+
+    p, K = cfg.prior_dims, cfg.K
+    zp, rest = z[..., :p], z[:, 1:, p:]
+    paths = make_groups(cfg)
+    mask_keys = jax.random.split(k_mask, 1 + len(paths))
+    grp_keys = jax.random.split(k_grp, max(1, len(paths)))
+
+    # all rollouts in one scan: rows [identity B | path 1: K*B | path 2: K*B ...]
+    inputs = [zp]
+    masks = [jnp.broadcast_to(teacher_forcing_mask(mask_keys[0], iteration, T, cfg)[:, None], (T, B))]
+    params = []
+    zz = jnp.tile(zp, (K, 1, 1))                                        # copy k of sequence b at row k*B + b
+    for i, (_, g) in enumerate(paths):
+        gp = g.sample(grp_keys[i], K * B)
+        params.append(gp)
+        inputs.append(g.apply(gp, zz))
+        m = teacher_forcing_mask(mask_keys[1 + i], iteration, T, cfg)
+        masks.append(jnp.broadcast_to(m[:, None], (T, K * B)))
+    pred = model.prior.rollout(jnp.concatenate(inputs), jnp.concatenate(masks, axis=1))   # [rows, T-1, p]
+
+    zhat = pred[:B]
+    terms["prior_z"] = cfg.w_prior_z * sq_sum(zhat, zp[:, 1:])
+    dec_in = [z, jnp.concatenate([zhat, rest], -1)]
+    for i, (name, g) in enumerate(paths):
+        zt = g.inverse(params[i], pred[B + i * K * B: B + (i + 1) * K * B]).reshape(K, B, T - 1, p)
+        terms[f"sym_z/{name}"] = cfg.w_sym_z / K * sq_sum(zt, zp[None, :, 1:])
+        if cfg.w_srs:
+            terms[f"srs/{name}"] = cfg.w_srs / K * sq_sum(zt, zhat[None])
+        dec_in.append(jnp.concatenate([zt, jnp.broadcast_to(rest, (K,) + rest.shape)], -1))
+
+    # one decoder call for self-recon, prior-recon and every symmetry path
+    flat = jnp.concatenate([d.reshape(-1, z.shape[-1]) for d in dec_in])
+    logits = model.decode(flat)
+    n_self, n_prior = B * T, B * (T - 1)
+    terms["self_x"] = bce_sum(logits[:n_self].reshape(x.shape), x)
+    x_next = x[:, 1:]
+    terms["prior_x"] = cfg.w_prior_x * bce_sum(logits[n_self:n_self + n_prior].reshape(x_next.shape), x_next)
+    off = n_self + n_prior
+    for name, _ in paths:
+        lg = logits[off: off + K * n_prior].reshape((K,) + x_next.shape)
+        terms[f"sym_x/{name}"] = cfg.w_sym_x / K * bce_sum(lg, x_next[None])
+        off += K * n_prior
+    return _total(terms, cfg, iteration)
+
+
+def _total(terms: dict[str, jax.Array], cfg: SPSConfig, iteration: jax.Array) -> tuple[jax.Array, dict]:
+    total = sum(terms.values())
+    out = dict(terms, loss=total, p_tf=teacher_forcing_prob(iteration, cfg.ss_alpha, cfg.ss_beta))
+    return total, out

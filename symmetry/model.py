@@ -1,0 +1,381 @@
+"""SPS networks (NNX, channels-last): per-step conv VAE encoder/decoder and the recurrent prior.
+
+Audio nets follow spec §4.2 (513 freq x 5 frames per note) and ball nets §4.1 (32x32x3). Because the
+audio time axis collapses to width 1 after the first encoder layer, every audio conv is a 1-D conv
+over frequency (the 5 frames act as channels of the first layer / output channels of the last).
+``conv_impl='matmul'`` computes them as patch-matmuls (fast on CPU and under a vmapped seed axis),
+``'lax'`` with XLA convolutions; both use the same parameters and give the same numbers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import m4mjax.run.mesh  # noqa: F401  (switches Flax eager sharding off before modules are built)
+
+
+@dataclasses.dataclass(frozen=True)
+class SPSConfig:
+    """Every model / loss / optimiser knob of SPS (defaults = camera-ready audio, spec §6)."""
+
+    task: str = "audio"                 # 'audio' (513x5 notes) or 'ball' (32x32x3 frames)
+    latent_dim: int = 1                 # d; audio camera-ready 1, ball 3
+    prior_dims: int = 1                 # leading latent dims fed to the prior and acted on by groups
+    freq_bins: int = 513                # audio F (a smaller F is zero-padded to 32*h+1 and cropped back)
+    frames: int = 5                     # audio W (STFT frames per note)
+    image_size: int = 32                # ball H = W
+    image_channels: int = 3             # ball C
+    rnn_type: str = "rnn"               # 'rnn' (Elman, paper) or 'gru'
+    rnn_hidden: int = 256
+    rnn_layers: int = 1
+    conv_impl: str = "matmul"           # audio convs: 'matmul' (patch GEMMs) or 'lax' (XLA conv)
+    variant: str = "vae"                # 'vae' (sampled z, KL) or 'ae' (z = mu, KL = 0)
+    prior: bool = True                  # False = the "beta-VAE" baseline: self-recon + KL only
+    reparam: str = "official"           # 'official': mu + eps*0.5*exp(logvar); 'standard': mu + eps*exp(logvar/2)
+    groups: tuple[str, ...] = ("translate",)  # augmentation paths (groups.make_group names)
+    K: int = 4                          # group elements per sequence per path; 0 = "w/o symmetry" ablation
+    t_range: float = 4.0                # translation U(-t_range, t_range)
+    translate_dims: tuple[int, ...] = (0,)
+    base_len: int = 3                   # always teacher-forced prefix
+    scheduled_sampling: bool = True     # False = always teacher-forced
+    ss_alpha: float = 2200.0
+    ss_beta: float = 8000.0
+    w_kl: float = 0.01
+    w_prior_x: float = 1.0
+    w_prior_z: float = 2.0
+    w_sym_z: float = 4.0
+    w_sym_x: float = 1.0
+    w_srs: float = 0.0                  # ball: 2 (|z~ - z^|^2 against the identity-path prediction)
+    batch_size: int = 20
+    learning_rate: float = 1e-3
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any] | None = None, **overrides: Any) -> "SPSConfig":
+        """Build from a dict / ConfigDict; unknown keys raise ValueError naming the key."""
+        d = dict(m or {}, **overrides)
+        names = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(d) - names)
+        if bad:
+            raise ValueError(f"symmetry config: unknown key(s) {bad}; known: {sorted(names)}")
+        for k in ("groups", "translate_dims"):
+            if k in d:
+                d[k] = tuple(d[k])
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise ValueError on inconsistent settings."""
+        checks = [
+            (self.task in ("audio", "ball"), f"task must be 'audio' or 'ball', got {self.task!r}"),
+            (self.variant in ("vae", "ae"), f"variant must be 'vae' or 'ae', got {self.variant!r}"),
+            (self.reparam in ("official", "standard"), f"reparam must be 'official' or 'standard', got {self.reparam!r}"),
+            (self.rnn_type in ("rnn", "gru"), f"rnn_type must be 'rnn' or 'gru', got {self.rnn_type!r}"),
+            (self.conv_impl in ("matmul", "lax"), f"conv_impl must be 'matmul' or 'lax', got {self.conv_impl!r}"),
+            (1 <= self.prior_dims <= self.latent_dim, f"prior_dims={self.prior_dims} must be in [1, latent_dim={self.latent_dim}]"),
+            (self.K >= 0, f"K must be >= 0, got {self.K}"),
+            (self.base_len >= 1, f"base_len must be >= 1, got {self.base_len}"),
+            (all(0 <= i < self.prior_dims for i in self.translate_dims), f"translate_dims {self.translate_dims} must index the prior dims (< {self.prior_dims})"),
+            (self.freq_bins >= 33 and self.frames >= 1, f"freq_bins must be >= 33 (got {self.freq_bins}), frames >= 1 (got {self.frames})"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"symmetry config: {msg}")
+
+
+def audio_config(**overrides: Any) -> SPSConfig:
+    """Camera-ready audio settings (spec §5.4, §6)."""
+    return SPSConfig.from_mapping(overrides)
+
+
+def ball_config(**overrides: Any) -> SPSConfig:
+    """Final ball baselines (spec §5.2/5.3, §6: Dans_exp_singlColor)."""
+    base = dict(task="ball", latent_dim=3, prior_dims=3, groups=("translate", "rotate_y"), K=4, t_range=1.0,
+                translate_dims=(0, 2), base_len=5, ss_beta=6000.0, w_sym_z=2.0, w_srs=2.0, batch_size=32)
+    return SPSConfig.from_mapping(base, **overrides)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers
+
+def _param(rngs: nnx.Rngs, init, shape, names) -> nnx.Param:
+    return nnx.Param(nnx.with_partitioning(init, names)(rngs.params(), shape))
+
+
+class Linear(nnx.Module):
+    """Dense layer with logical axis names on its kernel."""
+
+    def __init__(self, din: int, dout: int, names: tuple, *, rngs: nnx.Rngs):
+        self.kernel = _param(rngs, nnx.initializers.lecun_normal(), (din, dout), names)
+        self.bias = _param(rngs, nnx.initializers.zeros_init(), (dout,), (names[1],))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x @ self.kernel[...] + self.bias[...]
+
+
+def _patches(x: jax.Array, k: int, stride: int, lout: int) -> jax.Array:
+    """[N, L, C] -> [N, lout, k*C]: the k taps of each output position, tap-major."""
+    taps = [x[:, j: j + stride * (lout - 1) + 1: stride] for j in range(k)]
+    return jnp.concatenate(taps, axis=-1)
+
+
+class Conv1D(nnx.Module):
+    """= torch Conv2d(kernel (k, w), stride s, padding (p, 0)) on an input of width w (w folded into channels)."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, pad: int, impl: str, *, rngs: nnx.Rngs):
+        self.k, self.stride, self.pad, self.impl = k, stride, pad, impl
+        self.kernel = _param(rngs, nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2), (k, cin, cout),
+                             (None, None, "channels"))
+        self.bias = _param(rngs, nnx.initializers.zeros_init(), (cout,), ("channels",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x [N, L, Cin] -> [N, (L + 2p - k)//s + 1, Cout]."""
+        w = self.kernel[...]
+        if self.impl == "lax":
+            y = jax.lax.conv_general_dilated(x, w, (self.stride,), [(self.pad, self.pad)],
+                                             dimension_numbers=("NWC", "WIO", "NWC"))
+        else:
+            xp = jnp.pad(x, ((0, 0), (self.pad, self.pad), (0, 0)))
+            lout = (xp.shape[1] - self.k) // self.stride + 1
+            y = _patches(xp, self.k, self.stride, lout) @ w.reshape(-1, w.shape[-1])
+        return y + self.bias[...]
+
+
+class ConvTranspose1D(nnx.Module):
+    """= torch ConvTranspose2d(kernel (k, w), stride s, padding (p, 0)) on an input of width 1.
+
+    Output length (L-1)s - 2p + k; the w output columns are folded into the output channels.
+    The matmul form is the sub-pixel decomposition: ceil(k/s) taps produce s outputs each."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, pad: int, impl: str, width: int = 1, *,
+                 rngs: nnx.Rngs):
+        self.k, self.stride, self.pad, self.impl = k, stride, pad, impl
+        self.kernel = _param(rngs, nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2), (k, cin, width * cout),
+                             (None, "channels", None))
+        self.bias = _param(rngs, nnx.initializers.zeros_init(), (cout,), (None,))  # shared over the w columns
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x [N, L, Cin] -> [N, (L-1)s - 2p + k, Cout]; out[i*s - p + j] += x[i] @ kernel[j]."""
+        k, s, p, w = self.k, self.stride, self.pad, self.kernel[...]
+        lout = (x.shape[1] - 1) * s - 2 * p + k
+        if self.impl == "lax":
+            y = jax.lax.conv_general_dilated(x, w[::-1], (1,), [(k - 1 - p, k - 1 - p)], lhs_dilation=(s,),
+                                             dimension_numbers=("NWC", "WIO", "NWC"))
+            return self._add_bias(y)
+        n, length, cin = x.shape
+        taps = -(-k // s)
+        wp = jnp.pad(w, ((0, taps * s - k), (0, 0), (0, 0))).reshape(taps, s, cin, -1)
+        # window q holds x[q-taps+1 .. q]; element m of the window uses kernel tap group taps-1-m
+        wm = jnp.transpose(wp[::-1], (0, 2, 1, 3)).reshape(taps * cin, -1)
+        xp = jnp.pad(x, ((0, 0), (taps - 1, taps - 1), (0, 0)))
+        y = _patches(xp, taps, 1, length + taps - 1) @ wm          # [N, L+taps-1, s*Cout]
+        y = y.reshape(n, (length + taps - 1) * s, -1)[:, p: p + lout]
+        return self._add_bias(y)
+
+    def _add_bias(self, y: jax.Array) -> jax.Array:
+        b = self.bias[...]
+        return (y.reshape(y.shape[:-1] + (-1, b.shape[0])) + b).reshape(y.shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoders / decoders
+
+AUDIO_CHANNELS = (64, 64, 128, 128)
+
+
+def audio_last_h(freq_bins: int) -> int:
+    """Encoder output length h; the nets are exact for F = 32h+1 (513 -> 16), other F are padded to it."""
+    return max(1, math.ceil((freq_bins - 1) / 32))
+
+
+class AudioEncoder(nnx.Module):
+    """[N, F, W] spectrogram notes -> (mu, logvar) [N, d] (spec §4.2)."""
+
+    def __init__(self, cfg: SPSConfig, *, rngs: nnx.Rngs):
+        c, impl = AUDIO_CHANNELS, cfg.conv_impl
+        self.h = audio_last_h(cfg.freq_bins)
+        self.convs = nnx.List([
+            Conv1D(cfg.frames, c[0], 5, 2, 1, impl, rngs=rngs),
+            Conv1D(c[0], c[1], 8, 4, 2, impl, rngs=rngs),
+            Conv1D(c[1], c[2], 4, 2, 1, impl, rngs=rngs),
+            Conv1D(c[2], c[3], 4, 2, 1, impl, rngs=rngs),
+        ])
+        self.mu = Linear(c[3] * self.h, cfg.latent_dim, ("embed", "latent"), rngs=rngs)
+        self.logvar = Linear(c[3] * self.h, cfg.latent_dim, ("embed", "latent"), rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        fpad = 32 * self.h + 1 - x.shape[1]
+        h = jnp.pad(x, ((0, 0), (0, fpad), (0, 0))) if fpad else x
+        for conv in self.convs:
+            h = jax.nn.relu(conv(h))
+        h = h.reshape(h.shape[0], -1)
+        return self.mu(h), self.logvar(h)
+
+
+class AudioDecoder(nnx.Module):
+    """z [N, d] -> logits [N, F, W] (sigmoid of the logits is the paper's decoder output)."""
+
+    def __init__(self, cfg: SPSConfig, *, rngs: nnx.Rngs):
+        c, impl = AUDIO_CHANNELS, cfg.conv_impl
+        self.h, self.freq_bins, self.frames = audio_last_h(cfg.freq_bins), cfg.freq_bins, cfg.frames
+        dims = (cfg.latent_dim, 16, 64, 256, 1024, c[3] * self.h)
+        self.mlp = nnx.List([Linear(a, b, ("latent" if i == 0 else "embed", "mlp"), rngs=rngs)
+                             for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))])
+        self.convs = nnx.List([
+            ConvTranspose1D(c[3], c[2], 4, 2, 1, impl, rngs=rngs),
+            ConvTranspose1D(c[2], c[1], 4, 2, 1, impl, rngs=rngs),
+            ConvTranspose1D(c[1], c[0], 8, 4, 2, impl, rngs=rngs),
+            ConvTranspose1D(c[0], 1, 5, 2, 1, impl, width=cfg.frames, rngs=rngs),
+        ])
+
+    def __call__(self, z: jax.Array) -> jax.Array:
+        h = z
+        for i, layer in enumerate(self.mlp):
+            h = layer(h) if i == len(self.mlp) - 1 else jax.nn.relu(layer(h))
+        h = h.reshape(h.shape[0], self.h, AUDIO_CHANNELS[3])
+        for i, conv in enumerate(self.convs):
+            h = conv(h)
+            if i < len(self.convs) - 1:
+                h = jax.nn.relu(h)
+        return h[:, : self.freq_bins]
+
+
+class BallEncoder(nnx.Module):
+    """[N, 32, 32, 3] frames -> (mu, logvar) [N, d] (spec §4.1)."""
+
+    def __init__(self, cfg: SPSConfig, *, rngs: nnx.Rngs):
+        chans = (cfg.image_channels, 64, 128, 256)
+        kinit = nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, None, None, "channels"))
+        self.convs = nnx.List([nnx.Conv(a, b, (4, 4), strides=2, padding=((1, 1), (1, 1)), kernel_init=kinit, rngs=rngs)
+                               for a, b in zip(chans[:-1], chans[1:])])
+        flat = 256 * (cfg.image_size // 8) ** 2
+        self.mu = Linear(flat, cfg.latent_dim, ("embed", "latent"), rngs=rngs)
+        self.logvar = Linear(flat, cfg.latent_dim, ("embed", "latent"), rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        h = x
+        for conv in self.convs:
+            h = jax.nn.relu(conv(h))
+        h = h.reshape(h.shape[0], -1)
+        return self.mu(h), self.logvar(h)
+
+
+class BallDecoder(nnx.Module):
+    """z [N, d] -> logits [N, 32, 32, 3]."""
+
+    def __init__(self, cfg: SPSConfig, *, rngs: nnx.Rngs):
+        self.s = cfg.image_size // 8
+        dims = (cfg.latent_dim, 16, 32, 64, 256 * self.s * self.s)
+        self.mlp = nnx.List([Linear(a, b, ("latent" if i == 0 else "embed", "mlp"), rngs=rngs)
+                             for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))])
+        chans = (256, 128, 64, cfg.image_channels)
+        kinit = nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, None, "channels", None))
+        # torch ConvTranspose2d(4, s=2, p=1) == padding k-1-p = 2 on the dilated input (spec §10)
+        self.convs = nnx.List([nnx.ConvTranspose(a, b, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
+                                                 kernel_init=kinit, rngs=rngs)
+                               for a, b in zip(chans[:-1], chans[1:])])
+
+    def __call__(self, z: jax.Array) -> jax.Array:
+        h = z
+        for i, layer in enumerate(self.mlp):
+            h = layer(h) if i == len(self.mlp) - 1 else jax.nn.relu(layer(h))
+        h = h.reshape(h.shape[0], self.s, self.s, 256)
+        for i, conv in enumerate(self.convs):
+            h = conv(h)
+            if i < len(self.convs) - 1:
+                h = jax.nn.relu(h)
+        return h
+
+
+# ----------------------------------------------------------------------------------------------
+# Prior
+
+def _uniform_init(scale: float):
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -scale, scale)
+
+
+class RNNLayer(nnx.Module):
+    """One Elman (h' = tanh(W_x x + W_h h + b)) or GRU (torch gate convention) layer; torch U(-1/sqrt(H), 1/sqrt(H)) init."""
+
+    def __init__(self, din: int, hidden: int, kind: str, *, rngs: nnx.Rngs):
+        g = 3 if kind == "gru" else 1
+        init = _uniform_init(1.0 / math.sqrt(hidden))
+        self.kind, self.hidden = kind, hidden
+        self.w_x = _param(rngs, init, (din, g * hidden), ("latent", "mlp"))
+        self.w_h = _param(rngs, init, (hidden, g * hidden), ("embed", "mlp"))
+        self.b_x = _param(rngs, init, (g * hidden,), ("mlp",))
+        self.b_h = _param(rngs, init, (g * hidden,), ("mlp",))
+
+    def __call__(self, h: jax.Array, x: jax.Array) -> jax.Array:
+        gx = x @ self.w_x[...] + self.b_x[...]
+        gh = h @ self.w_h[...] + self.b_h[...]
+        if self.kind == "rnn":
+            return jnp.tanh(gx + gh)
+        H = self.hidden
+        r = jax.nn.sigmoid(gx[..., :H] + gh[..., :H])
+        u = jax.nn.sigmoid(gx[..., H:2 * H] + gh[..., H:2 * H])
+        n = jnp.tanh(gx[..., 2 * H:] + r * gh[..., 2 * H:])
+        return (1.0 - u) * n + u * h
+
+
+class Prior(nnx.Module):
+    """Recurrent prior R: reads the prior dims of z_1..z_t, predicts z_{t+1} (linear read-out, h0 = 0)."""
+
+    def __init__(self, cfg: SPSConfig, *, rngs: nnx.Rngs):
+        p, H = cfg.prior_dims, cfg.rnn_hidden
+        self.layers = nnx.List([RNNLayer(p if i == 0 else H, H, cfg.rnn_type, rngs=rngs) for i in range(cfg.rnn_layers)])
+        self.readout = Linear(H, p, ("embed", "latent"), rngs=rngs)
+
+    def rollout(self, z: jax.Array, mask: jax.Array) -> jax.Array:
+        """z [N, T, p], mask bool [T, N] (True = feed z_t, else the previous prediction) -> [N, T-1, p].
+
+        Step i's output predicts frame i+1; the last step's output is dropped (spec §4.4)."""
+        n = z.shape[0]
+        h0 = jnp.zeros((len(self.layers), n, self.layers[0].hidden), z.dtype)
+
+        def step(carry, inp):
+            h, prev = carry
+            z_t, m_t = inp
+            x = jnp.where(m_t[:, None], z_t, prev)
+            hs = []
+            for layer, h_l in zip(self.layers, h):
+                x = layer(h_l, x)
+                hs.append(x)
+            out = self.readout(x)
+            return (jnp.stack(hs), out), out
+
+        _, outs = jax.lax.scan(step, (h0, jnp.zeros_like(z[:, 0])), (jnp.swapaxes(z, 0, 1), mask))
+        return jnp.swapaxes(outs, 0, 1)[:, :-1]
+
+
+class SPSModel(nnx.Module):
+    """Encoder E, decoder D and prior R of SPS."""
+
+    def __init__(self, cfg: SPSConfig, *, rngs: nnx.Rngs):
+        cfg.validate()
+        enc, dec = (AudioEncoder, AudioDecoder) if cfg.task == "audio" else (BallEncoder, BallDecoder)
+        self.encoder = enc(cfg, rngs=rngs)
+        self.decoder = dec(cfg, rngs=rngs)
+        self.prior = Prior(cfg, rngs=rngs)
+
+    def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """x [..., *frame] -> mu, logvar [..., d] (frame = (F, W) audio, (H, W, C) ball)."""
+        nf = 2 if isinstance(self.encoder, AudioEncoder) else 3
+        lead = x.shape[:-nf]
+        mu, logvar = self.encoder(x.reshape((-1,) + x.shape[-nf:]))
+        return mu.reshape(lead + mu.shape[-1:]), logvar.reshape(lead + logvar.shape[-1:])
+
+    def decode(self, z: jax.Array) -> jax.Array:
+        """z [..., d] -> logits [..., *frame]."""
+        y = self.decoder(z.reshape(-1, z.shape[-1]))
+        return y.reshape(z.shape[:-1] + y.shape[1:])
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of parameters (scalars) in a module."""
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
