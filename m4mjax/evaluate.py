@@ -51,7 +51,7 @@ def evaluate(workdir: str, splits=("valid", "test"), max_batches: int = 0) -> di
     cfg = cli.load_config(workdir)
     mesh = mesh_lib.make_mesh(cfg.mesh)
     out = {"workdir": os.path.abspath(workdir), "step": checkpoint.Checkpointer(workdir, 0).latest_step}
-    with mesh:
+    with mesh_lib.use_mesh(mesh):
         s = train_lib.Setup(cfg, mesh, with_optimizer=False)
         _, _, rest = s.init_model()
         trainable, frozen = s.split_pure(checkpoint.load_params(workdir))

@@ -59,7 +59,7 @@ class M4MTransformer(nnx.Module):
     def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         if cfg.lora_scope not in ("all", "global"):
             raise ValueError(f"model.lora_scope must be 'all' or 'global', got {cfg.lora_scope!r}")
-        self.cfg = cfg
+        self.cfg = ml_collections.FrozenConfigDict(cfg)  # hashable: the graphdef is a jit static argument
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         self.dtype = dt
         E, V = cfg.width, cfg.vocab_size

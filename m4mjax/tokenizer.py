@@ -142,7 +142,19 @@ def midi_to_notes(score: symusic.Score | str | os.PathLike, name: str | None = N
                               arr["velocity"].astype(np.int64), np.full(n, t_idx)], 1))
     if not cols:
         raise ValueError(f"{name}: no notes")
-    raw = np.concatenate(cols)
+    return build_notes(np.concatenate(cols), name, max_notes_per_frame)
+
+
+def build_notes(raw: np.ndarray, name: str = "<notes>", max_notes_per_frame: int = MAX_NOTES_PER_FRAME
+                ) -> tuple[np.ndarray, int]:
+    """Finish raw rows (frame, instrument, pitch, length IN FRAMES, velocity, track) into (notes, n_frames).
+
+    Checks ranges, maps lengths to duration classes, keeps the longest of exact duplicates (same frame,
+    instrument, pitch) and the first ``max_notes_per_frame`` notes of a frame in track order.
+    """
+    raw = np.asarray(raw, np.float64).reshape(-1, len(NOTE_FIELDS))
+    if len(raw) == 0:
+        raise ValueError(f"{name}: no notes")
     if raw[:, FRAME].min() < 0 or raw[:, FRAME].max() + max(raw[:, DURATION].max(), 1) > MAX_SONG_FRAMES:
         raise ValueError(f"{name}: absurd tick values (a note at 16th-note frame {int(raw[:, FRAME].max())}, "
                          f"limit {MAX_SONG_FRAMES})")

@@ -147,7 +147,7 @@ def flops_per_frame(cfg: ml_collections.ConfigDict) -> float:
 def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -> dict:
     cli.setup_workdir(workdir, cfg)
     mesh = mesh_lib.make_mesh(cfg.mesh)
-    with mesh:
+    with mesh_lib.use_mesh(mesh):
         s = Setup(cfg, mesh)
         step_fn = s.train_step_fn()
         if dry_run:

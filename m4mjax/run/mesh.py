@@ -47,7 +47,7 @@ def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
-def logical_to_spec(names: Sequence[str | None], shape: Sequence[int] | None = None, mesh: Mesh | None = None) -> P:
+def logical_to_spec(names: Sequence[str | None], shape: Sequence[int] | None = None, mesh=None) -> P:
     """PartitionSpec for logical axis names. With ``shape`` and ``mesh``, mesh axes that do not
     divide a dimension (or are already used) are dropped, so odd sizes fall back to replication."""
     used: set[str] = set()
@@ -73,23 +73,16 @@ def named_sharding(mesh: Mesh, names: Sequence[str | None], shape: Sequence[int]
 
 
 def constrain(x: jax.Array, *names: str | None) -> jax.Array:
-    """with_sharding_constraint by logical names; a no-op outside a mesh context."""
-    mesh = _current_mesh()
+    """with_sharding_constraint by logical names; a no-op when no mesh (or a 1-device mesh) is set."""
+    mesh = jax.sharding.get_abstract_mesh()
     if mesh is None or mesh.empty or mesh.size == 1:
         return x
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(names, x.shape, mesh)))
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(names, x.shape, mesh))
 
 
-def _current_mesh() -> Mesh | None:
-    # jax.sharding.get_abstract_mesh / set_mesh moved between releases; this is the one place we look.
-    try:
-        from jax._src.mesh import thread_resources  # type: ignore
-        m = thread_resources.env.physical_mesh
-        if m is not None and not m.empty:
-            return m
-    except Exception:  # pragma: no cover - API drift
-        pass
-    return None
+def use_mesh(mesh: Mesh):
+    """Context manager that makes ``mesh`` current (jit shardings, ``constrain``)."""
+    return jax.set_mesh(mesh)
 
 
 # --- Flax NNX sharding metadata (churns between Flax releases: read it here only) -------------

@@ -1,0 +1,207 @@
+"""Foundation LM: KV caches, causality, loss, parameter counts, LoRA and the function-alignment hooks."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from m4mjax.layers import AdapterParam, LoRAParam, causal_mask
+from m4mjax.model import M4MTransformer, count_params, lm_loss, loss_fn, model_config
+
+ATOL = 1e-4  # float32 tolerance for cached-vs-full comparisons (values are O(1) after LayerNorm)
+
+
+def tiny_cfg(**kw):
+    cfg = model_config(0)
+    cfg.update(width=32, layers=2, heads=2, ffn=64, local_layers=2, local_heads=2, local_ffn=32,
+               max_frame_tokens=9, dropout=0.1)
+    cfg.update(**kw)
+    return cfg
+
+
+def tokens(key, shape=(2, 6, 9), n_notes_max=4, cfg=None):
+    """Valid frame rows: 2k note tokens, EOS, PAD..."""
+    cfg = cfg or tiny_cfg()
+    rng = np.random.default_rng(key)
+    B, F, L = shape
+    out = np.full(shape, cfg.pad_id, np.int32)
+    for b in range(B):
+        for f in range(F):
+            k = rng.integers(0, n_notes_max + 1)
+            out[b, f, :2 * k] = rng.integers(0, 3328, 2 * k)
+            out[b, f, 2 * k] = cfg.eos_id
+    return jnp.asarray(out)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return M4MTransformer(tiny_cfg(), rngs=nnx.Rngs(0))
+
+
+def test_size1_param_count():
+    n = count_params(model_config(1))
+    # 111,454,723 trainable + 393,216 fixed sinusoidal rows the official count includes = 111.85M
+    assert n == 111_454_723
+    assert abs(n + 1536 * 64 + 2 * 1536 * 96 - 111.8e6) < 0.1e6
+
+
+def test_every_param_has_logical_names(model):
+    for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        names = v.get_metadata().get("out_sharding") or v.get_metadata().get("sharding_names")
+        assert names is not None and len(names) == v[...].ndim, path
+
+
+def test_global_kv_cache_matches_full(model):
+    h = jax.random.normal(jax.random.key(0), (2, 7, 32))
+    full, _, _ = model.global_decode(h)
+    cache = model.init_global_cache(2, 10)
+    out1, _, cache = model.global_decode(h[:, :3], cache=cache, cache_index=0)  # prefill 3
+    steps = [out1]
+    for t in range(3, 7):
+        o, _, cache = model.global_decode(h[:, t:t + 1], cache=cache, cache_index=t)
+        steps.append(o)
+    np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=ATOL)
+
+
+def test_local_kv_cache_matches_full(model):
+    tok = tokens(1)
+    frames, tok_emb = model.local_encode(tok)
+    g, _, _ = model.global_decode(model.global_inputs(frames))
+    full = model.local_decode(g, tok_emb)  # [B,F,L,V]
+    B, F, L = tok.shape
+    x = g.reshape(B * F, -1)
+    cache = model.init_local_cache(B * F)
+    flat = tok.reshape(B * F, L)
+    for i in range(L):
+        logits, cache = model.local_step(x, i, cache)
+        np.testing.assert_allclose(logits, full.reshape(B * F, L, -1)[:, i], atol=ATOL)
+        x = model.embed_tokens(flat[:, i])
+
+
+def test_causality_over_frames_and_tokens(model):
+    tok = tokens(2)
+    base = model(tok)
+    t = 2
+    changed = tok.at[:, t + 1].set(tokens(3)[:, t + 1])
+    out = model(changed)
+    np.testing.assert_allclose(out[:, :t + 1], base[:, :t + 1], atol=1e-6)
+    assert np.abs(out[:, t + 2:] - base[:, t + 2:]).max() > 1e-4
+    # inside a frame: token j only influences predictions of later tokens (and later frames)
+    changed = tok.at[:, t, 3].set((tok[:, t, 3] + 7) % 3328)
+    out = model(changed)
+    np.testing.assert_allclose(out[:, t, :4], base[:, t, :4], atol=1e-6)
+    np.testing.assert_allclose(out[:, :t], base[:, :t], atol=1e-6)
+
+
+def test_loss_ignores_pad():
+    cfg = tiny_cfg()
+    tok = tokens(4)
+    logits = jax.random.normal(jax.random.key(1), tok.shape + (cfg.vocab_size,))
+    loss, aux = lm_loss(logits, tok, cfg.pad_id)
+    noisy = jnp.where((tok == cfg.pad_id)[..., None], logits * 5 + 3, logits)
+    loss2, aux2 = lm_loss(noisy, tok, cfg.pad_id)
+    assert np.isclose(loss, loss2) and aux["tokens"] == int((tok != cfg.pad_id).sum()) == aux2["tokens"]
+    assert 0.0 <= aux["accuracy"] <= 1.0
+
+
+def test_dropout_only_with_key(model):
+    tok = tokens(5)
+    l0, _ = loss_fn(model, tok)
+    l1, _ = loss_fn(model, tok)
+    l2, _ = loss_fn(model, tok, jax.random.key(0))
+    assert l0 == l1 and l0 != l2
+
+
+def test_lora_starts_as_identity_and_is_selectable():
+    lcfg = tiny_cfg(lora_rank=4, lora_alpha=8.0)
+    lm = M4MTransformer(lcfg, rngs=nnx.Rngs(1))
+    base = M4MTransformer(tiny_cfg(), rngs=nnx.Rngs(2))
+    nnx.update(base, nnx.state(lm, nnx.All(nnx.Param, nnx.Not(LoRAParam))))
+    tok = tokens(6)
+    np.testing.assert_allclose(lm(tok), base(tok), atol=1e-6)
+    lora = nnx.state(lm, LoRAParam)
+    n_lora = sum(x.size for x in jax.tree.leaves(lora))
+    # q and v in every block of the three stacks (2+2 local, 2 global blocks): r*(E + E) each
+    assert n_lora == 6 * 2 * 4 * (32 + 32)
+    lora = jax.tree.map(lambda x: x + 0.1, lora)
+    nnx.update(lm, lora)
+    assert np.abs(lm(tok) - base(tok)).max() > 1e-4
+    assert count_params(tiny_cfg(lora_rank=4, lora_alpha=8.0, lora_scope="global"), LoRAParam) == 2 * 2 * 4 * 64
+
+
+def test_positions_hook(model):
+    h = jax.random.normal(jax.random.key(3), (2, 6, 32))
+    base, _, _ = model.global_decode(h)
+    pos = jnp.broadcast_to(jnp.arange(6), (2, 6))
+    shifted, _, _ = model.global_decode(h, pos + 11)  # rotary attention is relative: a global shift is a no-op
+    np.testing.assert_allclose(shifted, base, atol=ATOL)
+    restart = jnp.concatenate([jnp.arange(3), jnp.arange(3)])[None].repeat(2, 0)  # FA_self: target restarts at 0
+    out, _, _ = model.global_decode(h, restart)
+    np.testing.assert_allclose(out[:, :3], base[:, :3], atol=ATOL)
+    assert np.abs(out[:, 3:] - base[:, 3:]).max() > 1e-4
+
+
+def test_segment_embedding_hook():
+    m = M4MTransformer(tiny_cfg(segment_embedding=True), rngs=nnx.Rngs(0))
+    plain = M4MTransformer(tiny_cfg(), rngs=nnx.Rngs(0))
+    assert count_params(tiny_cfg(segment_embedding=True), AdapterParam) == 2 * 16
+    h = jax.random.normal(jax.random.key(3), (2, 6, 32))
+    seg = jnp.array([[0, 0, 0, 1, 1, 1]] * 2)
+    np.testing.assert_allclose(m.global_decode(h, segment_ids=seg)[0], plain.global_decode(h)[0], atol=1e-6)
+    m.segment_embed[...] = jax.random.normal(jax.random.key(4), (2, 16))
+    a = m.global_decode(h, segment_ids=seg)[0]
+    b = m.global_decode(h, segment_ids=jnp.zeros_like(seg))[0]
+    assert np.abs(a - b).max() > 1e-4
+    with pytest.raises(ValueError, match="segment_embedding"):
+        plain.global_decode(h, segment_ids=seg)
+
+
+def test_cross_hook_and_hidden_states(model):
+    tok = tokens(7)
+    base, hiddens = model(tok, return_hidden=True)
+    assert len(hiddens) == model.cfg.layers and hiddens[0].shape == (2, 6, 32)
+    seen = []
+
+    def zeros(i, h):
+        seen.append((i, h.shape))
+        return jnp.zeros_like(h)
+
+    np.testing.assert_allclose(model(tok, cross=zeros), base, atol=1e-6)
+    assert [i for i, _ in seen] == [0, 1]
+    # a delta at frame position 3 of layer 1 changes frames >= 3 only (causal)
+    bump = lambda i, h: jnp.zeros_like(h).at[:, 3].set(float(i == 1))
+    out = model(tok, cross=bump)
+    np.testing.assert_allclose(out[:, :3], base[:, :3], atol=1e-6)
+    assert np.abs(out[:, 3:] - base[:, 3:]).max() > 1e-4
+
+
+def test_attn_mask_hook(model):
+    tok = tokens(8)
+    base = model(tok)
+    np.testing.assert_allclose(model(tok, attn_mask=causal_mask(6)), base, atol=1e-6)
+    full = model(tok, attn_mask=jnp.ones((1, 6, 6), bool))  # bidirectional: early frames now see the future
+    assert np.abs(full[:, 0] - base[:, 0]).max() > 1e-4
+
+
+def test_remat_same_grads():
+    tok = tokens(9)
+    grads = []
+    for remat in (False, True):
+        m = M4MTransformer(tiny_cfg(remat=remat, dropout=0.0), rngs=nnx.Rngs(0))
+        g = nnx.grad(lambda m: loss_fn(m, tok)[0])(m)
+        grads.append(jax.tree.leaves(g))
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_bfloat16_compute_runs():
+    m = M4MTransformer(tiny_cfg(dtype="bfloat16"), rngs=nnx.Rngs(0))
+    loss, aux = loss_fn(m, tokens(10))
+    assert loss.dtype == jnp.float32 and np.isfinite(loss)
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="size"):
+        model_config(7)
+    with pytest.raises(ValueError, match="heads"):
+        M4MTransformer(tiny_cfg(heads=3), rngs=nnx.Rngs(0))
