@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_sps_step.py --seeds 1,10 --steps 5 [--conv_impl lax] [--freq_bins 513]
 
-Prints one JSON line per seed count: seconds per step, seconds per seed-step, compile time. Random data of the
+Prints one JSON line per seed count: wall and process-CPU seconds per step, seconds per seed-step, compile time. Random data of the
 real dataset's size (26 sequences). Compare with benchmarks/sps_torch_ref.py on the same machine (check `uptime`).
 """
 from __future__ import annotations
@@ -37,13 +37,14 @@ def main() -> None:
         state, m = step(state, data, 0, jax.random.key(0))
         jax.block_until_ready(m)
         compile_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for i in range(1, args.steps + 1):
             state, m = step(state, data, i, jax.random.key(i))
         jax.block_until_ready(m)
-        dt = (time.perf_counter() - t0) / args.steps
+        dt, cpu = (time.perf_counter() - t0) / args.steps, (time.process_time() - c0) / args.steps
         print(json.dumps(dict(impl="jax", conv_impl=args.conv_impl, seeds=n, s_per_step=round(dt, 4),
                               s_per_seed_step=round(dt / n, 4), seed_steps_per_s=round(n / dt, 3),
+                              cpu_s_per_step=round(cpu, 4),
                               first_step_s=round(compile_s, 2), loss0=float(m["loss"][0]),
                               loadavg=os.getloadavg()[0], backend=jax.default_backend())), flush=True)
 

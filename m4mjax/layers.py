@@ -56,8 +56,11 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
     """Inverted dropout; identity when ``key`` is None (evaluation) or ``rate`` is 0."""
     if key is None or rate == 0.0:
         return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+    # Bits from XLA's RngBitGenerator (seeded from ``key``): ~2x cheaper on CPU than threefry bernoulli.
+    data = jax.random.key_data(key).reshape(-1)[:2].astype(jnp.uint32)
+    rbg = jax.random.wrap_key_data(jnp.concatenate([data, data ^ jnp.uint32(0x9E3779B9)]), impl="unsafe_rbg")
+    keep = jax.random.bits(rbg, x.shape, jnp.uint32) >= jnp.uint32(round(rate * 2**32))
+    return jnp.where(keep, x * (1.0 / (1.0 - rate)), jnp.zeros_like(x)).astype(x.dtype)
 
 
 def fold(key: jax.Array | None, i: int) -> jax.Array | None:

@@ -91,7 +91,8 @@ class M4MTransformer(nnx.Module):
         mask = (x != self.cfg.pad_id)[:, None, :] if self.cfg.local_pad_mask else None
         pos = jnp.broadcast_to(jnp.arange(L + 1), (B * F, L + 1))
         h, _, _ = self.local_encoder(emb, pos, mask, key=key)
-        return h[:, 0].reshape(B, F, -1), emb[:, :-1].reshape(B, F, L, -1)
+        E = self.cfg.width
+        return h[:, 0].reshape(B, F, E), emb[:, :-1].reshape(B, F, L, E)
 
     def global_inputs(self, frames: jax.Array) -> jax.Array:
         """[global SOS, frame 0 .. F-2]: the decoder's input for next-frame prediction."""

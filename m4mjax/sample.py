@@ -22,11 +22,20 @@ from m4mjax.model import M4MTransformer
 def sample_logits(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
     """Sample ids from logits [N,V] with temperature (<= 0 means greedy) and nucleus (top-p) filtering."""
     scaled = logits / jnp.maximum(temperature, 1e-6)
-    sorted_desc = -jnp.sort(-scaled, axis=-1)
-    probs = jax.nn.softmax(sorted_desc, axis=-1)
-    before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each sorted entry
-    kept = jnp.where(before < top_p, sorted_desc, jnp.inf).min(-1, keepdims=True)  # smallest kept logit
-    scaled = jnp.where(scaled >= kept, scaled, -jnp.inf)
+    probs = jax.nn.softmax(scaled, axis=-1)
+
+    # Nucleus threshold by bisection instead of a sort (XLA's CPU sort made batched sampling ~10x slower):
+    # the largest t with mass(p >= t) >= top_p; keep every token with p >= t.
+    def bisect(_, lohi):
+        lo, hi = lohi
+        mid = (lo + hi) / 2
+        ok = jnp.where(probs >= mid, probs, 0.0).sum(-1, keepdims=True) >= top_p
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+    n = probs.shape[:-1] + (1,)
+    lo, _ = jax.lax.fori_loop(0, 30, bisect, (jnp.zeros(n), probs.max(-1, keepdims=True) * (1 + 1e-6)))
+    lo = jnp.where(top_p >= 1.0, 0.0, lo)
+    scaled = jnp.where(probs >= lo, scaled, -jnp.inf)
     sampled = jax.random.categorical(key, scaled, axis=-1)
     return jnp.where(temperature <= 0, jnp.argmax(logits, -1), sampled).astype(jnp.int32)
 

@@ -55,11 +55,19 @@ def empty_notes() -> np.ndarray:
     return np.zeros((0, len(NOTE_FIELDS)), np.int32)
 
 
+def _sort_key(notes: np.ndarray, cols: Sequence[int], bits: Sequence[int]) -> np.ndarray:
+    """One int64 key ordering rows lexicographically by ``cols`` (each clipped to its bit width)."""
+    key = np.zeros(len(notes), np.int64)
+    for c, b in zip(cols, bits):
+        key = (key << b) | np.clip(notes[:, c].astype(np.int64), 0, (1 << b) - 1)
+    return key
+
+
 def sort_notes(notes: np.ndarray) -> np.ndarray:
     """Sort notes by (frame, instrument, pitch, duration, track): the storage and token order."""
     notes = np.asarray(notes, np.int32).reshape(-1, len(NOTE_FIELDS))
-    order = np.lexsort((notes[:, TRACK], notes[:, DURATION], notes[:, PITCH], notes[:, INSTRUMENT], notes[:, FRAME]))
-    return notes[order]
+    key = _sort_key(notes, (FRAME, INSTRUMENT, PITCH, DURATION, TRACK), (18, 8, 7, 5, 16))
+    return notes[np.argsort(key, kind="stable")]
 
 
 def duration_class(frames: np.ndarray) -> np.ndarray:
@@ -166,17 +174,19 @@ def build_notes(raw: np.ndarray, name: str = "<notes>", max_notes_per_frame: int
     raw[:, VELOCITY] = np.clip(raw[:, VELOCITY], 1, 127)
     raw = raw.astype(np.int32)
     # dedup (frame, instrument, pitch): keep the longest (stable, first track wins ties)
-    order = np.lexsort((np.arange(len(raw)), -raw[:, DURATION], raw[:, PITCH], raw[:, INSTRUMENT], raw[:, FRAME]))
-    raw = raw[order]
+    longest_first = raw.copy()
+    longest_first[:, DURATION] = N_DURATIONS - 1 - raw[:, DURATION]
+    raw = raw[np.argsort(_sort_key(longest_first, (FRAME, INSTRUMENT, PITCH, DURATION), (18, 8, 7, 5)), kind="stable")]
     key = raw[:, [FRAME, INSTRUMENT, PITCH]]
     keep = np.ones(len(raw), bool)
     keep[1:] = np.any(key[1:] != key[:-1], axis=1)
     raw = raw[keep]
     # per-frame cap in track order (then original order), as the official preprocessing
-    order = np.lexsort((np.arange(len(raw)), raw[:, TRACK], raw[:, FRAME]))
-    raw = raw[order]
-    rank = np.arange(len(raw)) - np.searchsorted(raw[:, FRAME], raw[:, FRAME], side="left")
-    return sort_notes(raw[rank < max_notes_per_frame]), n_frames
+    if np.bincount(raw[:, FRAME]).max() > max_notes_per_frame:
+        raw = raw[np.argsort(_sort_key(raw, (FRAME, TRACK), (18, 16)), kind="stable")]
+        rank = np.arange(len(raw)) - np.searchsorted(raw[:, FRAME], raw[:, FRAME], side="left")
+        raw = raw[rank < max_notes_per_frame]
+    return sort_notes(raw), n_frames
 
 
 # ------------------------------------------------------------------------------------------ tokens <-> notes
@@ -244,6 +254,7 @@ def notes_to_midi(notes: np.ndarray, path: str | os.PathLike | None = None, tpq:
         os.close(fd)
         try:
             score.dump_midi(tmp)
+            os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -215,9 +215,15 @@ def _features(audio: np.ndarray, n_notes: int, feature: str, n_bins: int, sample
     return normalise(_segment(mag, n_notes))
 
 
-def note_features(note_audio: np.ndarray, feature: str = "stft", n_bins: int = 0) -> np.ndarray:
-    """Features [F, 5] of a single note as it appears inside a sequence (not first: no zeros stripped)."""
+def note_features(note_audio: np.ndarray, feature: str = "stft", n_bins: int = 0, strip: bool = True) -> np.ndarray:
+    """Features [F, 5] of a single note followed by its gap, as it appears inside a sequence.
+
+    strip=True drops the note's own leading zeros (a few attack samples; in a sequence every note is
+    shifted by the *first* note's leading zeros instead, so blocks agree up to that few-sample offset).
+    """
     audio = np.concatenate([np.asarray(note_audio, np.float32)[:NOTE_SAMPLES], np.zeros(GAP_SAMPLES, np.float32)])
+    if strip:
+        audio = strip_leading_zeros(audio)
     return _features(audio, 1, feature, n_bins, SAMPLE_RATE)[0]
 
 

@@ -173,7 +173,12 @@ class ConvTranspose1D(nnx.Module):
         # window q holds x[q-taps+1 .. q]; element m of the window uses kernel tap group taps-1-m
         wm = jnp.transpose(wp[::-1], (0, 2, 1, 3)).reshape(taps * cin, -1)
         xp = jnp.pad(x, ((0, 0), (taps - 1, taps - 1), (0, 0)))
-        y = _patches(xp, taps, 1, length + taps - 1) @ wm          # [N, L+taps-1, s*Cout]
+        lq = length + taps - 1
+        if taps * cin <= wm.shape[-1]:   # wide outputs: one GEMM over tap-major patches
+            y = _patches(xp, taps, 1, lq) @ wm                       # [N, L+taps-1, s*Cout]
+        else:                            # narrow outputs: one GEMM per input, then sum shifted tap outputs
+            ym = (xp @ jnp.concatenate(jnp.split(wm, taps, axis=0), axis=1)).reshape(n, -1, taps, wm.shape[-1])
+            y = sum(ym[:, m: m + lq, m] for m in range(taps))
         y = y.reshape(n, (length + taps - 1) * s, -1)[:, p: p + lout]
         return self._add_bias(y)
 

@@ -37,13 +37,16 @@ def _plan(out: Path, items: Sequence[Item], shard_size: int) -> tuple[list[Item]
     path = out / "plan.json"
     if path.exists():
         plan = records.read_json(path)
+        if plan.get("format") != records.FORMAT_VERSION:
+            raise ValueError(f"{out}: written with record format {plan.get('format')}, this code writes "
+                             f"{records.FORMAT_VERSION}; delete the directory to rebuild it")
         known = {it["key"] for it in plan["items"]}
         new = [it for it in items if it["key"] not in known]
         if new:
             plan["items"] += new
             records.write_json(path, plan)
         return plan["items"], int(plan["shard_size"])
-    plan = {"shard_size": shard_size, "items": list(items)}
+    plan = {"format": records.FORMAT_VERSION, "shard_size": shard_size, "items": list(items)}
     records.write_json(path, plan)
     return plan["items"], shard_size
 
@@ -52,8 +55,8 @@ def _run_chunk(args: tuple) -> dict[str, Any]:
     """Convert one chunk of items and write its shards, then its marker (the commit point)."""
     k, chunk, first, loader, split_fn, out = args
     t0 = time.time()
-    by_split: dict[str, list[bytes]] = {s: [] for s in records.SPLITS}
-    meta: dict[str, list[dict[str, Any]]] = {s: [] for s in records.SPLITS}
+    by_split: dict[str, list[bytes]] = {}
+    meta: dict[str, list[dict[str, Any]]] = {}
     errors = []
     for i, item in enumerate(chunk):
         try:
@@ -66,11 +69,10 @@ def _run_chunk(args: tuple) -> dict[str, Any]:
             continue
         for song in songs:
             split = split_fn(song["id"], first + i)
-            if split not in by_split:
-                continue  # e.g. "skip"
-            by_split[split].append(records.encode_song(song))
-            meta[split].append({"id": song["id"], "group": song["group"], "n_frames": int(song["n_frames"]),
-                                "n_notes": int(len(song["notes"]))})
+            by_split.setdefault(split, []).append(records.encode_song(song))
+            meta.setdefault(split, []).append({"id": song["id"], "group": song["group"], "n_frames": int(song["n_frames"]),
+                                "n_notes": int(len(song["notes"])),
+                                                **({"n_chords": song["n_chords"]} if song.get("n_chords") else {})})
     shard_dir = Path(out) / "shards"
     for split, recs in by_split.items():
         if recs:
@@ -114,14 +116,14 @@ def write_report(out: Path, seconds: float, n_items: int) -> dict[str, Any]:
     markers = load_markers(out)
     bad = [e for m in markers for e in m["errors"]]
     split_stats = {}
-    for s in records.SPLITS:
-        songs = [x for m in markers for x in m["songs"][s]]
+    for s in sorted({s for m in markers for s in m["songs"]}):
+        songs = [x for m in markers for x in m["songs"].get(s, [])]
         split_stats[s] = {"songs": len(songs), "frames": int(sum(x["n_frames"] for x in songs)),
                           "notes": int(sum(x["n_notes"] for x in songs))}
     groups: dict[str, dict[str, int]] = {}
     for m in markers:
-        for s in records.SPLITS:
-            for x in m["songs"][s]:
+        for songs in m["songs"].values():
+            for x in songs:
                 g = groups.setdefault(x["group"], {"songs": 0, "frames": 0, "notes": 0})
                 g["songs"] += 1
                 g["frames"] += x["n_frames"]
@@ -146,11 +148,11 @@ class ShardSource:
 
         markers = load_markers(out)
         paths = [str(Path(out) / "shards" / f"{m['chunk']:05d}.{split}.array_record") for m in markers
-                 if m["songs"][split]]
+                 if m["songs"].get(split)]
         if not paths:
             raise ValueError(f"{out}: no '{split}' songs (run m4mjax.prepare first, or check the split name)")
-        self.lengths = np.array([x["n_frames"] for m in markers for x in m["songs"][split]], np.int64)
-        self.ids = [x["id"] for m in markers for x in m["songs"][split]]
+        self.lengths = np.array([x["n_frames"] for m in markers for x in m["songs"].get(split, [])], np.int64)
+        self.ids = [x["id"] for m in markers for x in m["songs"].get(split, [])]
         self._src = grain.sources.ArrayRecordDataSource(paths)
         if len(self._src) != len(self.lengths):
             raise ValueError(f"{out}: shard markers list {len(self.lengths)} '{split}' songs, files hold "

@@ -106,10 +106,11 @@ def score_to_notes(score: Any, name: str) -> tuple[np.ndarray, int, int]:
     parts = list(score.parts) or [score]
     rows, chords, bar_frames, bar_offset, end, chord_part = [], [], 16, 0, 0.0, None
     for t, part in enumerate(parts):
-        flat = part.stripTies(matchByPitch=True).flatten()
+        flat = part.flatten()
         inst = part.getInstrument(returnDefault=True)
         program = int(inst.midiProgram) if inst is not None and inst.midiProgram is not None else 0
         program = min(max(program, 0), tok.DRUM - 1)
+        open_ties: dict[int, int] = {}  # midi pitch -> row index of the note a tie continues
         for el in flat.notes:
             off, ql = float(el.offset), float(el.quarterLength)
             if isinstance(el, harmony.ChordSymbol):
@@ -118,8 +119,20 @@ def score_to_notes(score: Any, name: str) -> tuple[np.ndarray, int, int]:
                     chords.append((off, chord_symbol_label(el)))
                 continue
             end = max(end, off + ql)
-            for p in el.pitches:
-                rows.append((round(off * fpq), program, p.midi, round((off + ql) * fpq) - round(off * fpq), 100, t))
+            start_f, end_f = round(off * fpq), round((off + ql) * fpq)
+            for n in (el.notes if el.isChord else [el]):
+                if not hasattr(n, "pitch"):
+                    continue  # unpitched percussion in a score: no GM mapping here
+                midi, tie = n.pitch.midi, (n.tie.type if n.tie is not None else None)
+                if tie in ("continue", "stop") and midi in open_ties:  # merge tied notes (no deepcopy)
+                    r = rows[open_ties[midi]]
+                    rows[open_ties[midi]] = (r[0], r[1], r[2], end_f - r[0], r[4], r[5])
+                    if tie == "stop":
+                        del open_ties[midi]
+                    continue
+                if tie in ("start", "continue"):
+                    open_ties[midi] = len(rows)
+                rows.append((start_f, program, midi, end_f - start_f, 100, t))
         if t == 0:
             ts = flat.getElementsByClass(meter.TimeSignature)
             if ts:

@@ -120,3 +120,6 @@ def state_shardings(state, mesh: Mesh, prefix: Sequence[str] = ()):
         return named_sharding(mesh, names, value.shape)
 
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+# Flax reads the same table when it materialises abstract variables under a set mesh (nnx.eval_shape).
+flax.core.spmd.set_logical_axis_rules(tuple((k, v) for k, v in RULES.items()))

@@ -1,0 +1,157 @@
+"""The m4m input pipeline: song records -> batches of token windows ``tokens: int32[B, F, L]``.
+
+Training: this process's share of the split's songs, shuffled and repeated; each element is a window of
+``data.frames`` frames at a random start (official ``FramedDataset``), transposed by a random shift inside the
+song's valid range clipped to ``data.pitch_shift`` (drums never move). Eval: every song cut into fixed
+consecutive windows, one pass, the last batch padded with all-PAD windows (``mask`` marks real ones).
+
+Config fields (ml_collections ``cfg.data``): name ('m4m_default/demo' | 'm4m_default/full' | 'prepared'),
+dir (TFDS data_dir, or the ``m4mjax.prepare`` output), frames, batch_size (global; split over processes),
+max_frame_tokens, pitch_shift ((lo, hi) semitones for training; (0, 0) = off), drop_short (drop songs shorter
+than a window, as the paper; else pad), reference / target (optional stream selectors: 'all', 'drums',
+'others', 'track:K', 'notrack:K' -> extra 'reference' and 'target' windows for the two-stream tasks),
+num_threads.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grain
+import numpy as np
+
+from m4mjax import tokenizer as tok
+from m4mjax.datasets import convert, records
+from m4mjax.run import data as run_data
+
+
+def select_stream(notes: np.ndarray, selector: str) -> np.ndarray:
+    """Notes of one stream: 'all', 'drums', 'others', 'track:K' or 'notrack:K'."""
+    if selector in ("", "all"):
+        return notes
+    if selector == "drums":
+        return notes[notes[:, tok.INSTRUMENT] == tok.DRUM]
+    if selector == "others":
+        return notes[notes[:, tok.INSTRUMENT] != tok.DRUM]
+    kind, _, k = selector.partition(":")
+    if kind in ("track", "notrack") and k.lstrip("-").isdigit():
+        same = notes[:, tok.TRACK] == int(k)
+        return notes[same if kind == "track" else ~same]
+    raise ValueError(f"data.reference/target: unknown stream selector {selector!r}")
+
+
+class _DecodedTfds:
+    """Adapter: a TFDS data source -> songs with str ids (same dicts as ShardSource)."""
+
+    def __init__(self, src: Any):
+        self._src = src
+
+    def __len__(self) -> int:
+        return len(self._src)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return records.from_example(self._src[int(i)])
+
+
+def open_split(cfg_data: Any, split: str) -> tuple[Any, np.ndarray]:
+    """(random-access song source, song lengths in frames) of one split of the configured dataset."""
+    if split not in records.SPLITS:
+        raise ValueError(f"split must be one of {records.SPLITS}, got {split!r}")
+    if cfg_data.name == "prepared":
+        src = convert.ShardSource(cfg_data.dir, split)
+        return src, src.lengths
+    if cfg_data.name.startswith("m4m_default/"):
+        from m4mjax.datasets import default
+
+        variant = cfg_data.name.split("/", 1)[1]
+        b = default.builder(variant, cfg_data.dir)
+        if not Path(b.data_dir).joinpath("dataset_info.json").exists():
+            raise ValueError(f"data.name={cfg_data.name!r}: not built under {cfg_data.dir!r}; run "
+                             f"`python -m m4mjax.datasets.default --variant={variant} --data_dir={cfg_data.dir}`")
+        src = _DecodedTfds(b.as_data_source()[split])
+        side = Path(b.data_dir) / f"lengths-{split}.json"
+        if side.exists():
+            lengths = np.asarray(records.read_json(side), np.int64)
+        else:
+            lengths = np.array([src[i]["n_frames"] for i in range(len(src))], np.int64)
+            try:
+                records.write_json(side, lengths.tolist())
+            except OSError:
+                pass  # read-only dataset directory: recompute next time
+        if len(lengths) != len(src):
+            raise ValueError(f"{side}: {len(lengths)} lengths for {len(src)} records; delete it to recompute")
+        return src, lengths
+    raise ValueError(f"data.name: unknown dataset {cfg_data.name!r} (use 'm4m_default/demo', "
+                     "'m4m_default/full' or 'prepared')")
+
+
+def _window(cfg_data: Any, song: dict[str, Any], start: int, shift: int) -> dict[str, np.ndarray]:
+    """Token windows (tokens, and reference/target when configured) of one song at one start frame."""
+    notes = tok.pitch_shift(song["notes"], shift) if shift else song["notes"]
+    f, length, n = int(cfg_data.frames), int(cfg_data.max_frame_tokens), int(song["n_frames"])
+    out = {"tokens": tok.notes_to_tokens(notes, start, f, length, song_frames=n)}
+    ref, tgt = cfg_data.get("reference", ""), cfg_data.get("target", "")
+    if ref and tgt:
+        out["reference"] = tok.notes_to_tokens(select_stream(notes, ref), start, f, length, song_frames=n)
+        out["target"] = tok.notes_to_tokens(select_stream(notes, tgt), start, f, length, song_frames=n)
+    out["mask"] = np.bool_(True)
+    return out
+
+
+def make_dataset(cfg_data: Any, split: str, seed: int, *, shard_options: grain.sharding.ShardOptions | None = None
+                 ) -> grain.DatasetIterator:
+    """Iterator of dicts ``tokens: int32[B, F, L]`` (+ ``mask: bool[B]``) for this process; state is JSON-able.
+
+    B = data.batch_size // process_count. Train split: random windows, repeated forever; other splits: fixed
+    windows, one pass.
+    """
+    src, lengths = open_split(cfg_data, split)
+    frames = int(cfg_data.frames)
+    options = shard_options or run_data.process_shard_options(drop_remainder=split == "train")
+    local_batch = int(cfg_data.batch_size) // options.shard_count
+    if local_batch < 1 or int(cfg_data.batch_size) % options.shard_count:
+        raise ValueError(f"data.batch_size={cfg_data.batch_size} must be a multiple of {options.shard_count} processes")
+    keep = lengths >= frames if cfg_data.get("drop_short", True) else lengths > 0
+    songs = np.nonzero(keep)[0]
+    if len(songs) == 0:
+        raise ValueError(f"{cfg_data.name} '{split}': no song has >= data.frames={frames} frames "
+                         f"(longest {int(lengths.max()) if len(lengths) else 0}); lower data.frames or set drop_short=False")
+    threads = int(cfg_data.get("num_threads", 2))
+    if split == "train":
+        lo, hi = (tuple(cfg_data.get("pitch_shift", (-5, 6))) + (0, 0))[:2]
+
+        def sample(index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+            song = src[index]
+            start = int(rng.integers(0, max(song["n_frames"] - frames, 0) + 1))
+            s_lo, s_hi = tok.pitch_shift_range(song["notes"], lo, hi)
+            shift = int(rng.integers(s_lo, s_hi + 1)) if s_hi >= s_lo else 0
+            return _window(cfg_data, song, start, shift)
+
+        ds = run_data.sharded_dataset(songs, options)
+        return run_data.batched_iterator(ds, local_batch, seed, random_map=sample, num_threads=threads)
+
+    windows = np.array([(s, st) for s in songs for st in range(0, max(int(lengths[s]) - frames, 0) + 1, frames)],
+                       np.int64).reshape(-1, 2)
+    ds = grain.MapDataset.source(windows[run_data.shard_indices(len(windows), options)])
+
+    def fixed(pair: np.ndarray) -> dict[str, np.ndarray]:
+        return _window(cfg_data, src[int(pair[0])], int(pair[1]), 0)
+
+    def pad(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = local_batch - len(batch["mask"])
+        if missing <= 0:
+            return batch
+        return {k: np.concatenate([v, np.full((missing,) + v.shape[1:], tok.PAD if k != "mask" else False, v.dtype)])
+                for k, v in batch.items()}
+
+    ds = ds.map(fixed).batch(local_batch, drop_remainder=False).map(pad)
+    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)))
+
+
+def count_eval_windows(cfg_data: Any, split: str) -> int:
+    """How many fixed eval windows a split has (all processes together)."""
+    _, lengths = open_split(cfg_data, split)
+    f = int(cfg_data.frames)
+    ok = lengths >= f if cfg_data.get("drop_short", True) else lengths > 0
+    return int(sum(max(int(n) - f, 0) // f + 1 for n in lengths[ok]))
+

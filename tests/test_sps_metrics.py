@@ -1,0 +1,69 @@
+"""SPS evaluation metrics (§7.1 audio R², §7.2 linear projection MSE)."""
+import numpy as np
+import pytest
+from scipy.stats import linregress
+
+from symmetry import audio, metrics
+
+
+def test_embedding_r2():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(60, 84, 200)
+    z = np.stack([-0.3 * p + 2, rng.normal(size=200), 0.1 * p + rng.normal(scale=0.1, size=200)])
+    r2 = metrics.embedding_r2(p, z)
+    assert r2.shape == (3,)
+    assert r2[0] == pytest.approx(1.0) and r2[1] < 0.05
+    assert r2[2] == pytest.approx(linregress(p, z[2]).rvalue ** 2)
+    assert metrics.embedding_r2(p, z[None]).shape == (1, 3)
+    with pytest.raises(ValueError):
+        metrics.embedding_r2(p, z[:, :10])
+
+
+def test_r2_with_nans():
+    z = np.linspace(0, 1, 10)
+    pitch = 3 * z + 1
+    pitch[[2, 5]] = np.nan
+    r2, n_bad = metrics.r2_with_nans(z, pitch)
+    assert r2 == pytest.approx(1.0) and n_bad == 2
+
+
+def test_yin_sine():
+    t = np.arange(2048) / 16000
+    f = np.array([220.0, 440.0, 1000.0])
+    wav = np.sin(2 * np.pi * f[:, None] * t)
+    np.testing.assert_allclose(metrics.detect_pitch(wav), 69 + 12 * np.log2(f / 440), atol=0.05)
+    assert np.isnan(metrics.detect_pitch(np.zeros(2048)))
+
+
+def test_linear_projection_mse():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(300, 3))
+    pos = z @ rng.normal(size=(3, 3)) + 5
+    out = metrics.linear_projection_mse(z, pos)
+    assert out["per_axis"].shape == (3,) and out["mean"] < 1e-12
+    noise = metrics.linear_projection_mse(rng.normal(size=(2, 300, 3)), pos)
+    assert noise["per_axis"].shape == (2, 3) and np.all(noise["mean"] > 0.9)
+
+
+@pytest.mark.skipif(not __import__("os").path.isfile(audio.FLUID_R3), reason="FluidR3_GM not installed")
+def test_synthesis_r2_true_features():
+    renderer = audio.NoteRenderer()
+
+    def decode(z):  # the "perfect decoder": true STFT features of the note at pitch z
+        flat = np.asarray(z).reshape(-1)
+        y = np.stack([audio.note_features(renderer.render(audio.FLUID_R3, 21, float(p))) for p in flat])
+        return y.reshape(np.shape(z) + y.shape[1:])
+
+    out = metrics.synthesis_r2(decode, np.array([68.0, 66.0]), np.array([4.0, 4.0]), power_input=False)
+    assert out["z"].shape == out["pitch"].shape == (2, 30)
+    assert np.all(out["r2"] > 0.95) and out["n_unvoiced"].tolist() == [0, 0]
+    quirk = metrics.synthesis_r2(decode, 66.0, 4.0, power_input=True)  # the official torchaudio power quirk
+    assert quirk["r2"] > 0.95
+
+    def half_silent(z):
+        y = decode(z)
+        y[..., :5, :, :] = 0
+        return y
+
+    out = metrics.synthesis_r2(half_silent, 66.0, 4.0, power_input=False)
+    assert out["n_unvoiced"] == 5 and out["r2"] > 0.95
