@@ -33,7 +33,7 @@ data/debian_midi/.done: .venv/.installed
 	@touch $@
 
 data: data/debian_midi/.done
-	$(PY) -m m4mjax.datasets.build --data_dir=data/m4m
+	$(PY) -m m4mjax.datasets.default --variant=demo --workers=2
 
 # --- the main job on the embedded default data --------------------------------------------------
 demo: data

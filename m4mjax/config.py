@@ -19,12 +19,16 @@ def defaults() -> ml_collections.ConfigDict:
     c.model = model_defaults(1)
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "default"             # 'default' (embedded corpus) or a path made by `m4mjax.prepare`
-    c.data.dir = "data/m4m"             # where TFDS/array_record datasets live
+    c.data.name = "m4m_default/demo"    # 'm4m_default/demo' | 'm4m_default/full' (embedded corpus) | 'prepared'
+    c.data.dir = "data/tfds"            # TFDS data_dir, or the `m4mjax.prepare --out` folder for 'prepared'
+    c.data.max_frame_tokens = c.model.max_frame_tokens  # tokens per frame row (L)
+    c.data.drop_short = True            # drop songs shorter than a window (as the paper); else pad them
+    c.data.reference = ""               # two-stream tasks: reference stream selector ('drums', 'track:0', ...)
+    c.data.target = ""                  # two-stream tasks: target stream selector
     c.data.frames = 384                 # window length in 16th-note frames (24 bars of 4/4)
     c.data.batch_size = 8               # global batch (windows)
     c.data.pitch_shift = (-5, 6)        # training transposition range (semitones; drums never shifted)
-    c.data.num_workers = 0              # grain worker processes (0 = in-process)
+    c.data.num_threads = 2              # grain read threads
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-4                   # peak learning rate (spec: 1e-4; 5e-5 for size >= 2)

@@ -15,7 +15,8 @@ import numpy as np
 from absl import app, flags
 
 from m4mjax import train as train_lib
-from m4mjax.run import checkpoint, cli, data as data_lib, mesh as mesh_lib
+from m4mjax.datasets import pipeline
+from m4mjax.run import checkpoint, cli, mesh as mesh_lib
 
 flags.DEFINE_string("workdir", None, "Run directory written by m4mjax.train.", required=True)
 flags.DEFINE_integer("max_batches", 0, "Cap on batches per split (0 = the whole split).")
@@ -26,7 +27,7 @@ FLAGS = flags.FLAGS
 def unigram_counts(cfg, max_batches: int) -> np.ndarray:
     """Target-token counts over fixed training windows (what the LM's loss counts: non-PAD tokens)."""
     counts = np.ones(cfg.model.vocab_size, np.float64)  # add-one smoothing
-    for i, batch in enumerate(data_lib.make_pipeline(cfg.data, "train", seed=0, train=False)):
+    for i, batch in enumerate(pipeline.make_dataset(cfg.data, "train", seed=0, train=False)):
         if max_batches and i >= max_batches:
             break
         t = np.asarray(batch["tokens"]).reshape(-1)
@@ -37,7 +38,7 @@ def unigram_counts(cfg, max_batches: int) -> np.ndarray:
 def unigram_loss(cfg, counts: np.ndarray, split: str, max_batches: int) -> float:
     logp = np.log(counts / counts.sum())
     tot, n = 0.0, 0
-    for i, batch in enumerate(data_lib.make_pipeline(cfg.data, split, seed=0, train=False)):
+    for i, batch in enumerate(pipeline.make_dataset(cfg.data, split, seed=0)):
         if max_batches and i >= max_batches:
             break
         t = np.asarray(batch["tokens"]).reshape(-1)

@@ -119,6 +119,17 @@ def load_model(workdir: str) -> M4MTransformer:
     return model
 
 
+def test_prompt(workdir: str, frames: int):
+    """The first ``frames`` frames of the run's first test window (a prompt when the user gives none)."""
+    from m4mjax.datasets import pipeline
+    from m4mjax.run import cli
+
+    cfg = cli.load_config(workdir)
+    cfg.data.batch_size = 1
+    cfg.data.frames = max(int(frames), 1)
+    return next(iter(pipeline.make_dataset(cfg.data, "test", seed=0)))["tokens"][0]
+
+
 def main(argv=None) -> None:
     """Sample continuations of a prompt MIDI file and write them as MIDI."""
     import numpy as np
@@ -127,7 +138,7 @@ def main(argv=None) -> None:
     from m4mjax import tokenizer as tk
 
     flags.DEFINE_string("workdir", None, "run directory (config.json + checkpoints/)", required=True)
-    flags.DEFINE_string("prompt", None, "prompt MIDI file", required=True)
+    flags.DEFINE_string("prompt", None, "prompt MIDI file (default: the first window of the run's test split)")
     flags.DEFINE_string("out", None, "output MIDI path (sample i > 0 gets a _i suffix)", required=True)
     flags.DEFINE_integer("prompt_frames", 64, "frames of the prompt to keep (16th notes)")
     flags.DEFINE_integer("n_frames", 64, "frames to generate")
@@ -139,9 +150,13 @@ def main(argv=None) -> None:
 
     def run(_):
         model = load_model(FLAGS.workdir)
-        notes, n = tk.midi_to_notes(tk.load_midi(FLAGS.prompt), name=FLAGS.prompt)
-        f0 = min(FLAGS.prompt_frames, n)
-        prompt = tk.notes_to_tokens(notes, 0, f0, model.cfg.max_frame_tokens)
+        if FLAGS.prompt:
+            notes, n = tk.midi_to_notes(tk.load_midi(FLAGS.prompt), name=FLAGS.prompt)
+            f0 = min(FLAGS.prompt_frames, n)
+            prompt = tk.notes_to_tokens(notes, 0, f0, model.cfg.max_frame_tokens)
+        else:
+            prompt = test_prompt(FLAGS.workdir, FLAGS.prompt_frames)
+            f0 = prompt.shape[0]
         batch = np.repeat(prompt[None], FLAGS.num_samples, axis=0)
         out = np.asarray(generate(model, batch, FLAGS.n_frames, jax.random.key(FLAGS.seed), FLAGS.temperature,
                                   FLAGS.top_p))

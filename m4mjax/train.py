@@ -21,6 +21,7 @@ from absl import app, flags, logging
 from flax import nnx
 
 from m4mjax import tasks as tasks_lib
+from m4mjax.datasets import pipeline
 from m4mjax.run import checkpoint, cli, data as data_lib, mesh as mesh_lib, metrics as metrics_lib
 
 FLAGS = flags.FLAGS
@@ -107,12 +108,23 @@ class Setup:
         return t, f
 
 
+def _key(d: dict, k):
+    """d[k], accepting the string form of integer keys (how checkpoints store layer indices)."""
+    if k in d:
+        return d[k]
+    if str(k) in d:
+        return d[str(k)]
+    raise KeyError(f"checkpoint has no parameter {k!r} (has {sorted(map(str, d))[:8]}...)")
+
+
 def _subset(pure: dict, like: dict) -> dict:
-    return {k: _subset(pure[k], v) if isinstance(v, dict) else pure[k] for k, v in like.items()}
+    return {k: _subset(_key(pure, k), v) if isinstance(v, dict) else _key(pure, k) for k, v in like.items()}
 
 
 def _with_shardings(tree, shardings):
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+    """Abstract arrays carrying shardings (``shardings`` may be a prefix tree of ``tree``)."""
+    return jax.tree.map(lambda s, sub: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), sub),
+                        shardings, tree)
 
 
 def _opt_shardings(abs_opt, abs_params, param_shardings, mesh):
@@ -159,7 +171,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -
             trainable, frozen = s.split_pure(_merge_pure(s.params_pure(trainable, frozen),
                                                          checkpoint.load_params(cfg.init_from)))
         opt_state = s.init_opt(trainable)
-        train_data = data_lib.make_pipeline(cfg.data, "train", seed=cfg.seed, train=True)
+        train_data = pipeline.make_dataset(cfg.data, "train", seed=cfg.seed)
         start = 0
         restored = ckpt.restore({"params": _pure_abstract(s), "opt": s.abstract_opt})
         if restored is not None:
@@ -167,7 +179,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -
             trainable, frozen = s.split_pure(items["params"])
             opt_state = items["opt"]
             if data_state is not None:
-                train_data.set_state(data_state)
+                data_lib.set_state(train_data, data_state)
             logging.info("resumed from step %d", start)
             print(f"resumed from step {start}", file=sys.stderr)
 
@@ -188,7 +200,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -
                 ev = evaluate_loss(s, eval_fn, trainable, frozen, rest, cfg.train.eval_batches)
                 writer.write(done, ev, prefix="valid/")
             if ckpt.save(done, {"params": s.params_pure(trainable, frozen), "opt": opt_state},
-                         train_data.get_state(), force=done == cfg.train.steps):
+                         json.loads(data_lib.get_state(train_data)), force=done == cfg.train.steps):
                 if ckpt.preempted:
                     print(f"preempted: saved step {done}, exiting", file=sys.stderr)
                     break
@@ -199,7 +211,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -
 
 def evaluate_loss(s: Setup, eval_fn, trainable, frozen, rest, max_batches: int | None, split: str = "valid") -> dict:
     """Token-weighted held-out loss / perplexity / accuracy over fixed windows of ``split``."""
-    it = data_lib.make_pipeline(s.cfg.data, split, seed=0, train=False)
+    it = pipeline.make_dataset(s.cfg.data, split, seed=0)
     tot, n, correct = 0.0, 0.0, 0.0
     for i, local in enumerate(it):
         if max_batches and i >= max_batches:
@@ -225,13 +237,15 @@ def _pure_abstract(s: Setup) -> dict:
 def _merge_pure(base: dict, new: dict) -> dict:
     """``base`` with every leaf that ``new`` also has replaced (init_from: weights only, shapes checked)."""
     out = {}
+    new = {str(k): v for k, v in new.items()}
     for k, v in base.items():
+        n = new.get(str(k))
         if isinstance(v, dict):
-            out[k] = _merge_pure(v, new.get(k, {})) if isinstance(new.get(k, {}), dict) else v
-        elif k in new:
-            if tuple(np.shape(new[k])) != tuple(v.shape):
-                raise ValueError(f"init_from: parameter {k!r} has shape {np.shape(new[k])}, model wants {v.shape}")
-            out[k] = new[k]
+            out[k] = _merge_pure(v, n) if isinstance(n, dict) else v
+        elif n is not None:
+            if tuple(np.shape(n)) != tuple(v.shape):
+                raise ValueError(f"init_from: parameter {k!r} has shape {np.shape(n)}, model wants {v.shape}")
+            out[k] = n
         else:
             out[k] = v
     return out

@@ -14,9 +14,10 @@ from symmetry.groups import Group, make_group
 from symmetry.model import SPSConfig, SPSModel
 
 
-def teacher_forcing_prob(iteration: jax.Array, alpha: float, beta: float) -> jax.Array:
-    """p_tf(iter) = alpha / (alpha + exp((iter + beta) / alpha)) (spec §4.4)."""
-    it = jnp.asarray(iteration, jnp.float32)
+def teacher_forcing_prob(iteration: jax.Array, alpha: float, beta: float, iter_scale: float = 1.0) -> jax.Array:
+    """p_tf(iter) = alpha / (alpha + exp((iter * iter_scale + beta) / alpha)) (spec §4.4; iter_scale > 1 lets a
+    shorter run follow the paper's curve over its whole length)."""
+    it = jnp.asarray(iteration, jnp.float32) * iter_scale
     return alpha / (alpha + jnp.exp((it + beta) / alpha))
 
 
@@ -26,7 +27,7 @@ def teacher_forcing_mask(key: jax.Array, iteration: jax.Array, length: int, cfg:
     t = jnp.arange(length)
     if not cfg.scheduled_sampling:
         return jnp.ones((length,), bool)
-    p = teacher_forcing_prob(iteration, cfg.ss_alpha, cfg.ss_beta)
+    p = teacher_forcing_prob(iteration, cfg.ss_alpha, cfg.ss_beta, cfg.ss_iter_scale)
     return (t < cfg.base_len) | (jax.random.uniform(key, (length,)) <= p)
 
 
@@ -125,5 +126,5 @@ def sps_loss(model: SPSModel, x: jax.Array, iteration: jax.Array, key: jax.Array
 
 def _total(terms: dict[str, jax.Array], cfg: SPSConfig, iteration: jax.Array) -> tuple[jax.Array, dict]:
     total = sum(terms.values())
-    out = dict(terms, loss=total, p_tf=teacher_forcing_prob(iteration, cfg.ss_alpha, cfg.ss_beta))
+    out = dict(terms, loss=total, p_tf=teacher_forcing_prob(iteration, cfg.ss_alpha, cfg.ss_beta, cfg.ss_iter_scale))
     return total, out

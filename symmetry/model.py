@@ -45,6 +45,7 @@ class SPSConfig:
     scheduled_sampling: bool = True     # False = always teacher-forced
     ss_alpha: float = 2200.0
     ss_beta: float = 8000.0
+    ss_iter_scale: float = 1.0          # iterations x this before the schedule (shortened runs keep the paper's curve)
     w_kl: float = 0.01
     w_prior_x: float = 1.0
     w_prior_z: float = 2.0

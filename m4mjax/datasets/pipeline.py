@@ -98,16 +98,17 @@ def _window(cfg_data: Any, song: dict[str, Any], start: int, shift: int) -> dict
     return out
 
 
-def make_dataset(cfg_data: Any, split: str, seed: int, *, shard_options: grain.sharding.ShardOptions | None = None
-                 ) -> grain.DatasetIterator:
+def make_dataset(cfg_data: Any, split: str, seed: int, *, shard_options: grain.sharding.ShardOptions | None = None,
+                 train: bool | None = None) -> grain.DatasetIterator:
     """Iterator of dicts ``tokens: int32[B, F, L]`` (+ ``mask: bool[B]``) for this process; state is JSON-able.
 
     B = data.batch_size // process_count. Train split: random windows, repeated forever; other splits: fixed
-    windows, one pass.
+    windows, one pass. ``train`` overrides that choice (e.g. fixed windows of the train split for statistics).
     """
+    train = split == "train" if train is None else train
     src, lengths = open_split(cfg_data, split)
     frames = int(cfg_data.frames)
-    options = shard_options or run_data.process_shard_options(drop_remainder=split == "train")
+    options = shard_options or run_data.process_shard_options(drop_remainder=train)
     local_batch = int(cfg_data.batch_size) // options.shard_count
     if local_batch < 1 or int(cfg_data.batch_size) % options.shard_count:
         raise ValueError(f"data.batch_size={cfg_data.batch_size} must be a multiple of {options.shard_count} processes")
@@ -117,7 +118,7 @@ def make_dataset(cfg_data: Any, split: str, seed: int, *, shard_options: grain.s
         raise ValueError(f"{cfg_data.name} '{split}': no song has >= data.frames={frames} frames "
                          f"(longest {int(lengths.max()) if len(lengths) else 0}); lower data.frames or set drop_short=False")
     threads = int(cfg_data.get("num_threads", 2))
-    if split == "train":
+    if train:
         lo, hi = (tuple(cfg_data.get("pitch_shift", (-5, 6))) + (0, 0))[:2]
 
         def sample(index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
