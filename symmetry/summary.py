@@ -63,6 +63,7 @@ class Row:
 
 
 def _read_json(path: str) -> dict:
+    """Parsed JSON, or a ValueError naming the file."""
     with open(path) as f:
         try:
             return json.load(f)
@@ -128,7 +129,8 @@ def collect(root: str) -> tuple[list[Row], list[str]]:
             problems.append(str(e))
             continue
         if "" not in run.evals:
-            problems.append(f"{wd}: not evaluated (no eval.json) — run `python -m symmetry.evaluate --workdir={wd}`")
+            problems.append(f"{wd} ({run.group}): not evaluated (no eval.json) — run "
+                            f"`python -m symmetry.evaluate --workdir={wd}`")
             continue
         missing = sorted(set(run.evals) - set(run.latents))
         if missing:
@@ -136,9 +138,9 @@ def collect(root: str) -> tuple[list[Row], list[str]]:
                             "(left out of the figure)")
         runs.append(run)
     buckets: dict[str, list[list[Run]]] = {}
-    for run in runs:
+    for run in runs:  # pool same-config runs whose seed ranges do not overlap (e.g. seeds 0-4 and 5-9)
         for b in buckets.setdefault(run.group, []):
-            if _fingerprint(b[0].config) == _fingerprint(run.config) and not set(run.seeds) & {s for r in b for s in r.seeds}:
+            if _fingerprint(b[0].config) == _fingerprint(run.config) and not {s for r in b for s in r.seeds} & set(run.seeds):
                 b.append(run)
                 break
         else:
@@ -170,7 +172,7 @@ def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
 def summary_markdown(rows: list[Row], problems: Sequence[str], root: str = "") -> str:
     """Tables A and B (3 / 4 decimals) and the list of missing pieces, as Markdown."""
     tags = sorted({t for r in rows for run in r.runs for t in run.evals if t})
-    splits = sorted({run.evals[""].get("split", "?") for r in rows for run in r.runs})
+    splits = sorted({run.evals[""].get("split", "?") for r in rows for run in r.runs if "" in run.evals})
     head_a = ["Method"] + [n for _, n in TABLE_A] + [f"{n} ({t})" for t in tags for _, n in TABLE_A] + ["Seeds"]
     body_a = [[r.label] + [fmt(r.per_seed("", m)) for m, _ in TABLE_A]
               + [fmt(r.per_seed(t, m)) for t in tags for m, _ in TABLE_A] + [str(len(r.per_seed("", "embedding_r2")))]
@@ -209,11 +211,11 @@ def latent_columns(rows: list[Row], tag: str = "") -> list[tuple[str, list[dict]
 
 def draw_latent_vs_pitch(fig: Any, cols: list[tuple[str, list[dict]]], title: str = "") -> Any:
     """Fill a matplotlib Figure: row 0 true pitch -> z (embedding), row 1 swept z -> detected pitch."""
+    import matplotlib
+
     from symmetry.metrics import embedding_r2, r2_with_nans
 
     axes = fig.subplots(2, max(len(cols), 1), squeeze=False)
-    import matplotlib
-
     cmap = matplotlib.colormaps["tab10"]
     for j, (label, seeds) in enumerate(cols):
         emb = [float(embedding_r2(s["start_pitch"], s["z_first"])) for s in seeds]
@@ -223,8 +225,8 @@ def draw_latent_vs_pitch(fig: Any, cols: list[tuple[str, list[dict]]], title: st
             c = cmap(k % 10)
             top.scatter(s["start_pitch"], s["z_first"], s=9, color=c, label=f"seed {s['seed']}")
             bot.plot(s["sweep_z"], s["sweep_pitch"], "o-", ms=3, lw=0.8, color=c)
-        top.set_title(f"{label}\nemb. R² {fmt(emb, 2)}", fontsize=9)
-        bot.set_title(f"synth. R² {fmt(syn, 2)}", fontsize=9)
+        top.set_title(f"{label}\nembedding R² {fmt(emb)}", fontsize=9)
+        bot.set_title(f"synthesis R² {fmt(syn)}", fontsize=9)
         top.set_xlabel("true start pitch (MIDI)", fontsize=8)
         bot.set_xlabel("swept z", fontsize=8)
         if j == 0:
@@ -233,11 +235,13 @@ def draw_latent_vs_pitch(fig: Any, cols: list[tuple[str, list[dict]]], title: st
         for ax in (top, bot):
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
-    if cols and len(cols[0][1]) <= 10:
-        axes[0, 0].legend(fontsize=6, loc="best")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    right = 1.0 - (0.75 / fig.get_figwidth() if handles else 0.0)
+    if handles:  # one legend for the figure, right of the panels (seed k has colour k in every column)
+        fig.legend(handles[:20], labels[:20], loc="center right", fontsize=7, frameon=False, markerscale=1.5)
+    fig.tight_layout(rect=(0, 0, right, 1))
     return fig
 
 
@@ -246,7 +250,7 @@ def write_figure(cols: list[tuple[str, list[dict]]], path: str, title: str = "")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(2.6 * max(len(cols), 1) + 0.8, 5.6), dpi=120)
+    fig = Figure(figsize=(2.6 * max(len(cols), 1) + 1.4, 5.6), dpi=120)
     FigureCanvasAgg(fig)
     draw_latent_vs_pitch(fig, cols, title)
     tmp = f"{path}.tmp{os.getpid()}"
@@ -265,7 +269,8 @@ def summarize(root: str, out: str = "") -> str:
         cols = latent_columns(rows, tag)
         if cols:
             name = f"latent_vs_pitch{'_' + tag if tag else ''}.png"
-            write_figure(cols, os.path.join(out, name), f"{'test split' if not tag else 'unseen soundfont ' + tag}")
+            split = sorted({run.evals.get(tag, {}).get("split", "?") for r in rows for run in r.runs})
+            write_figure(cols, os.path.join(out, name), f"{', '.join(split)} split" + (f", soundfont {tag}" if tag else ""))
     text = summary_markdown(rows, problems, root)
     tmp = os.path.join(out, f"summary.md.tmp{os.getpid()}")
     with open(tmp, "w") as f:
@@ -279,6 +284,31 @@ def summarize(root: str, out: str = "") -> str:
 def repo_root() -> str:
     """The checkout root: workdir configs hold paths (data.dir) relative to it."""
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def resolve_workdir(path: str) -> str:
+    """Absolute workdir: as given if it exists from here, else relative to the checkout root."""
+    for cand in (os.path.abspath(path), os.path.join(repo_root(), path)):
+        if os.path.isfile(os.path.join(cand, "config.json")):
+            return cand
+    raise ValueError(f"workdir {path!r}: no config.json here or under {repo_root()} — train it first "
+                     "(python -m symmetry.train ...) or set SPS_WORKDIR")
+
+
+def seed_table(run: Run, rows: Sequence[dict], key: str = "train/loss") -> str:
+    """Markdown: one line per seed with its last logged `key` and every eval*.json metric of Table A."""
+    _, vals = loss_curves(rows, key)
+    tags = sorted(run.evals)
+    head = ["Seed", f"last {key}"] + [f"{n}{f' ({t})' if t else ''}" for t in tags for _, n in TABLE_A]
+    body = []
+    for i, s in enumerate(run.seeds):
+        line = [str(s), f"{vals[-1, i]:.2f}" if vals.size and i < vals.shape[1] else "—"]
+        for t in tags:
+            for m, _ in TABLE_A:
+                v = run.evals[t].get(m, {}).get("per_seed", [])
+                line.append(f"{v[i]:.3f}" if i < len(v) and v[i] is not None else "—")
+        body.append(line)
+    return _table(head, body)
 
 
 @dataclass
@@ -315,19 +345,29 @@ def encode_split(model: Model, split: str = "bend") -> dict[str, np.ndarray]:
 
 
 def decode_z(model: Model, z: np.ndarray, rest: np.ndarray | None = None) -> np.ndarray:
-    """Decode pitch latents z [n] with every seed -> features [S, n, F, W] (other dims = rest [S, d-1] or 0)."""
+    """Decode pitch latents z [n] or [S, n] with every seed -> features [S, n, F, W] (other dims: rest [S, d-1] or 0)."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
     d = model.mcfg.latent_dim
-    s = int(model.cfg.num_seeds)
-    zz = np.zeros((s, len(z), d), np.float32)
-    zz[..., 0] = np.asarray(z, np.float32)
+    z = np.broadcast_to(np.asarray(z, np.float32), (int(model.cfg.num_seeds), np.shape(z)[-1]))
+    zz = np.zeros(z.shape + (d,), np.float32)
+    zz[..., 0] = z
     if rest is not None and d > 1:
         zz[..., 1:] = np.asarray(rest, np.float32)[:, None]
     dec = jax.jit(jax.vmap(lambda q, v: jax.nn.sigmoid(nnx.merge(model.graphdef, q).decode(v))))
     return np.asarray(dec(model.params, jnp.asarray(zz)))
+
+
+def decode_sweep(model: Model, encoded: dict, n: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """(z [S, n], features [S, n, F, W]): z over mean ± 2 std of the scored latents, other dims at their mean."""
+    from symmetry.metrics import z_sweep
+
+    mu = encoded["mu"][:, encoded["scored"]]
+    mu = mu.reshape(mu.shape[0], -1, mu.shape[-1])                                 # [S, notes, d]
+    z = z_sweep(mu[..., 0].mean(1), mu[..., 0].std(1), n)
+    return z, decode_z(model, z, mu[..., 1:].mean(1))
 
 
 def features_to_audio(y: np.ndarray, power_input: bool = True, n_iter: int = 32) -> np.ndarray:

@@ -4,7 +4,7 @@
   python -m m4mjax.evaluate --workdir=workdirs/lm_small
   python -m m4mjax.sample --workdir=workdirs/lm_small --prompt=in.mid --out=out.mid
 
-Variants: tiny (tests, seconds), demo (`make demo`, minutes), small (this CPU, < 30 min),
+Variants: tiny (tests, seconds), demo (`make demo`, ~8 min), small (this CPU, < 30 min),
 paper (official size 1: 111.8M params, batch 48 x 384 frames, OneCycle 1e-4 over 2M steps).
 Your own MIDI folder: `python -m m4mjax.prepare --midi_dir=DIR --out=data/mine` then
 `--config.data.name=data/mine`.
@@ -26,12 +26,15 @@ def get_config(variant: str = "small"):
         c.data.frames, c.data.batch_size = 16, 8
         c.train.update(steps=3, log_every=1, eval_every=2, eval_batches=1, ckpt_every=2)
     elif variant in ("small", "demo"):
-        m.update(width=256, layers=4, heads=4, ffn=1024, local_layers=2, local_heads=4, local_ffn=512)
-        c.data.frames, c.data.batch_size = 128, 16
+        # CPU-sized: the 3,331-way head and the dense local stacks cost per token slot, so frames hold at
+        # most 8 notes (L = 17) and windows are 4 bars; the global decoder keeps the paper's shape family.
+        m.update(width=256, layers=4, heads=4, ffn=1024, local_layers=1, local_heads=4, local_ffn=512,
+                 max_frame_tokens=17, dropout=0.0)
+        c.data.frames, c.data.batch_size = 64, 8
         c.optim.lr = 1e-3
         c.optim.warmup_frac = 0.05
-        c.train.update(steps=3000 if variant == "small" else 600, log_every=25, eval_every=500,
-                       eval_batches=8, ckpt_every=250)
+        c.train.update(steps=1500 if variant == "small" else 400, log_every=25, eval_every=500,
+                       eval_batches=16, ckpt_every=250)
     else:
         raise ValueError(f"lm_pretrain: unknown variant {variant!r} (tiny | demo | small | paper)")
     return c

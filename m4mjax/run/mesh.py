@@ -38,6 +38,8 @@ def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
     if sizes.count(-1) > 1:
         raise ValueError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
     known = math.prod(s for s in sizes if s != -1)
+    if -1 not in sizes and known < len(devices):
+        devices = devices[:known]  # an explicit smaller mesh uses the first devices
     if -1 in sizes:
         if len(devices) % known:
             raise ValueError(f"mesh: {len(devices)} devices not divisible by {known}")
@@ -111,7 +113,7 @@ def state_shardings(state, mesh: Mesh, prefix: Sequence[str] = ()):
     from flax import nnx
 
     def one(v):
-        value = v.value if isinstance(v, nnx.Variable) else v
+        value = v.get_value() if isinstance(v, nnx.Variable) else v
         names = variable_names(v) if isinstance(v, nnx.Variable) else None
         ndim = len(value.shape)
         names = tuple(prefix) + (names if names is not None else (None,) * (ndim - len(prefix)))

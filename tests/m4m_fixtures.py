@@ -1,0 +1,52 @@
+"""A small prepared MIDI dataset (generated songs -> `m4mjax.prepare`) and the `:tiny` LM config on it,
+shared by the m4m entry-point tests."""
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+import symusic
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def write_song(path: pathlib.Path, rng: np.random.Generator, n_frames: int = 200) -> None:
+    """A two-track (melody + drums) song on the 16th grid at 96 ticks per quarter."""
+    score = symusic.Score(96)
+    mel = symusic.Track(program=int(rng.integers(0, 100)))
+    drums = symusic.Track(is_drum=True)
+    for f in range(0, n_frames, 2):
+        mel.notes.append(symusic.Note(f * 24, 48, int(rng.integers(50, 80)), 80))
+        drums.notes.append(symusic.Note(f * 24, 24, 42, 80))
+    score.tracks.extend([mel, drums])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    score.dump_midi(str(path))
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(tmp_path_factory) -> pathlib.Path:
+    from m4mjax import prepare
+
+    midi = tmp_path_factory.mktemp("m4m_midi")
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        write_song(midi / f"song{i:02d}.mid", rng, n_frames=96 + 8 * i)
+    out = tmp_path_factory.mktemp("m4m_prepared")
+    prepare.prepare(midi, out, workers=1, shard_size=8, progress=False)
+    return out
+
+
+def tiny_config(prepared: pathlib.Path, **overrides):
+    """experiments/m4m/lm_pretrain.py:tiny on the prepared test dataset."""
+    from experiments.sweep import load_experiment
+
+    cfg = load_experiment(str(REPO / "experiments/m4m/lm_pretrain.py")).get_config("tiny")
+    cfg.data.name, cfg.data.dir = "prepared", str(prepared)
+    for k, v in overrides.items():
+        node = cfg
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    return cfg
