@@ -44,7 +44,7 @@ demo: data
 	echo "  evaluation   $(WORK)/eval.json"; echo "  sampled MIDI $(WORK)/sample.mid"
 
 # --- tests ------------------------------------------------------------------------------------
-test: .venv/.installed data/debian_midi/.done
+test: .venv/.installed
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 test-slow: .venv/.installed

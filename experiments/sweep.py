@@ -20,14 +20,14 @@ def load_experiment(path: str):
         raise ValueError(f"sweep: cannot import experiment file {path!r}")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    if not hasattr(mod, "get_sweep"):
-        raise ValueError(f"sweep: {path} has no get_sweep()")
     return mod
 
 
 def commands(file_arg: str, root: str, only: str = "") -> list[list[str]]:
     path, _, variant = file_arg.partition(":")
     mod = load_experiment(path)
+    if not hasattr(mod, "get_sweep"):
+        raise ValueError(f"sweep: {path} has no get_sweep()")
     variant = variant or getattr(mod, "SWEEP_VARIANT", "")
     entry = getattr(mod, "ENTRY", "m4mjax.train")
     out = []

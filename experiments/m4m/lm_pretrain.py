@@ -33,8 +33,18 @@ def get_config(variant: str = "small"):
         c.data.frames, c.data.batch_size = 64, 8
         c.optim.lr = 1e-3
         c.optim.warmup_frac = 0.05
-        c.train.update(steps=1500 if variant == "small" else 400, log_every=25, eval_every=500,
+        c.train.update(steps=1000 if variant == "small" else 400, log_every=25, eval_every=500,
                        eval_batches=16, ckpt_every=250)
     else:
         raise ValueError(f"lm_pretrain: unknown variant {variant!r} (tiny | demo | small | paper)")
     return c
+
+
+ENTRY = "m4mjax.train"
+SWEEP_VARIANT = "small"
+
+
+def get_sweep(variant: str = "small"):
+    """Learning rate x global-decoder depth at the CPU size (an example ablation grid)."""
+    return [dict(name=f"lm_{variant}/lr{lr:g}_layers{n}", **{"optim.lr": lr, "model.layers": n})
+            for lr in (3e-4, 1e-3) for n in (2, 4)]

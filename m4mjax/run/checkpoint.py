@@ -86,9 +86,16 @@ def load_params(workdir: str, item: str = "params", step: int | None = None) -> 
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.isdir(directory):
         raise ValueError(f"{workdir}: no checkpoints/ directory — has this run saved a checkpoint yet?")
-    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False)) as mngr:
+    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False),
+                               item_handlers={item: ocp.StandardCheckpointHandler()}) as mngr:
         step = mngr.latest_step() if step is None else step
         if step is None:
             raise ValueError(f"{workdir}: no checkpoint found in {directory}")
-        out = mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore()}))
+        # Target = saved shapes on this process's first device, so a run saved on a pod opens on a laptop.
+        meta = mngr.item_metadata(step)[item]
+        meta = getattr(meta, "tree", meta)
+        dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=dev), meta,
+                              is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+        out = mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)}))
     return out[item]
