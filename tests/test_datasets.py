@@ -5,24 +5,12 @@ import grain
 import ml_collections
 import numpy as np
 import pytest
-import symusic
 
+from m4m_fixtures import write_song as _write_song
 from m4mjax import prepare as prep
 from m4mjax import tokenizer as tok
 from m4mjax.datasets import convert, pipeline, records, sources
 from m4mjax.run import data as run_data
-
-
-def _write_song(path, rng, n_frames=200):
-    score = symusic.Score(96)
-    mel = symusic.Track(program=int(rng.integers(0, 100)))
-    drums = symusic.Track(is_drum=True)
-    for f in range(0, n_frames, 2):
-        mel.notes.append(symusic.Note(f * 24, 48, int(rng.integers(50, 80)), 80))
-        drums.notes.append(symusic.Note(f * 24, 24, 42, 80))
-    score.tracks.extend([mel, drums])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    score.dump_midi(str(path))
 
 
 @pytest.fixture(scope="module")
