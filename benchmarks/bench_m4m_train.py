@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from m4mjax.model import M4MTransformer, loss_fn, model_config
+from m4mjax.model import M4MTransformer, loss_fn, model_config, train_step_flops as step_flops
 
 
 def synthetic_tokens(cfg, batch: int, frames: int, notes_per_frame: float, seed: int = 0) -> np.ndarray:
@@ -43,17 +43,6 @@ def synthetic_tokens(cfg, batch: int, frames: int, notes_per_frame: float, seed:
             out[b, f, 1:2 * n:2] = rng.integers(128, 3328, n)
             out[b, f, 2 * n] = cfg.eos_id
     return out
-
-
-def step_flops(cfg, batch: int, frames: int) -> float:
-    """Analytic model FLOPs of one training step (see module docstring)."""
-    E, L, V = cfg.width, cfg.max_frame_tokens, cfg.vocab_size
-    p_loc = cfg.local_layers * (4 * E * E + 2 * E * cfg.local_ffn)
-    p_glob = cfg.layers * (4 * E * E + 2 * E * cfg.ffn)
-    n = batch * frames
-    dense = 2 * (n * (L + 1) * p_loc + n * p_glob + n * L * (p_loc + E * V))
-    attn = 4 * E * (n * (L + 1) ** 2 * cfg.local_layers + batch * frames ** 2 * cfg.layers + n * L ** 2 * cfg.local_layers)
-    return 3.0 * (dense + attn)
 
 
 def main() -> None:

@@ -207,3 +207,15 @@ def count_params(cfg: ml_collections.ConfigDict, kind=nnx.Param) -> int:
     """Number of parameters of variable type ``kind`` without allocating (nnx.eval_shape)."""
     abstract = nnx.eval_shape(lambda: M4MTransformer(cfg, rngs=nnx.Rngs(0)))
     return sum(int(x.size) for x in jax.tree.leaves(nnx.state(abstract, kind)))
+
+
+def train_step_flops(cfg, batch: int, frames: int) -> float:
+    """Analytic FLOPs of one training step: 3 x forward; forward = 2 x (token slots x local params + frames x
+    global params + token slots x E x V) + attention. Dense over all L slots, whatever their fill."""
+    E, L, V = cfg.width, cfg.max_frame_tokens, cfg.vocab_size
+    p_loc = cfg.local_layers * (4 * E * E + 2 * E * cfg.local_ffn)
+    p_glob = cfg.layers * (4 * E * E + 2 * E * cfg.ffn)
+    n = batch * frames
+    dense = 2 * (n * (L + 1) * p_loc + n * p_glob + n * L * (p_loc + E * V))
+    attn = 4 * E * (n * (L + 1) ** 2 * cfg.local_layers + batch * frames ** 2 * cfg.layers + n * L ** 2 * cfg.local_layers)
+    return 3.0 * (dense + attn)

@@ -152,7 +152,7 @@ def per_device_bytes(tree) -> int:
 def flops_per_frame(cfg: ml_collections.ConfigDict) -> float:
     """Training FLOPs per frame (forward + backward = 6 x matmul params x positions, plus attention)."""
     from m4mjax import model as lm
-    return lm.train_flops_per_frame(cfg.model, cfg.data.frames) if hasattr(lm, "train_flops_per_frame") else 0.0
+    return lm.train_step_flops(cfg.model, 1, cfg.data.frames) / cfg.data.frames
 
 
 # --- the run -------------------------------------------------------------------------------------
