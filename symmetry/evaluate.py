@@ -49,7 +49,7 @@ def evaluate(workdir: str, soundfont: str = "", out: str = "") -> dict:
         cfg.data.unseen_soundfont = os.path.abspath(soundfont)
         split = "unseen"
     ds = data_lib.build_audio_dataset(cfg.data, split)
-    x, pitch, scored = ds["x"], ds["pitch"], ds["scored"]
+    x, scored = ds["x"], ds["scored"]
     if not scored.any():
         raise ValueError(f"split {split!r}: no sequence has a start pitch in {data_lib.SCORED_RANGE}")
 

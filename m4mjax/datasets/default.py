@@ -19,7 +19,6 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import tensorflow_datasets as tfds
 
 from m4mjax.datasets import convert, records, sources
