@@ -18,10 +18,14 @@ from m4mjax import train as train_lib
 from m4mjax.datasets import pipeline
 from m4mjax.run import checkpoint, cli, mesh as mesh_lib
 
-flags.DEFINE_string("workdir", None, "Run directory written by m4mjax.train.", required=True)
-flags.DEFINE_integer("max_batches", 0, "Cap on batches per split (0 = the whole split).")
-flags.DEFINE_string("splits", "valid,test", "Comma-separated held-out splits.")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Command-line flags (defined only when run as a program, so importing this module is side-effect free)."""
+    flags.DEFINE_string("workdir", None, "Run directory written by m4mjax.train.", required=True)
+    flags.DEFINE_integer("max_batches", 0, "Cap on batches per split (0 = the whole split).")
+    flags.DEFINE_string("splits", "valid,test", "Comma-separated held-out splits.")
 
 
 def unigram_counts(cfg, max_batches: int) -> np.ndarray:
@@ -77,4 +81,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -21,7 +21,7 @@ from flax import nnx
 
 from m4mjax import tasks as tasks_lib
 from m4mjax.datasets import pipeline
-from m4mjax.run import checkpoint, cli, data as data_lib, mesh as mesh_lib, metrics as metrics_lib
+from m4mjax.run import checkpoint, cli, data as data_lib, loop, mesh as mesh_lib, metrics as metrics_lib
 
 FLAGS = flags.FLAGS
 
@@ -182,30 +182,25 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -
             logging.info("resumed from step %d", start)
             print(f"resumed from step {start}", file=sys.stderr)
 
-        writer = metrics_lib.MetricWriter(workdir)
         frames = cfg.data.batch_size * cfg.data.frames
         progress = metrics_lib.Progress(cfg.train.steps, start, frames, "frames", frames * flops_per_frame(cfg),
                                         cfg.train.peak_flops)
+        tail = loop.StepTail(workdir, cfg.train.steps, start, cfg.train.log_every, ckpt, progress)
         eval_fn = s.eval_step_fn() if cfg.train.eval_every else None
-        last = {}
         for step in range(start, cfg.train.steps):
             batch = data_lib.global_batch(mesh, next(train_data))
             trainable, opt_state, m = step_fn(trainable, opt_state, frozen, rest, batch, jnp.int32(step))
             done = step + 1
-            if done % cfg.train.log_every == 0 or done == cfg.train.steps or done == start + 1:
-                rates = progress.update(done, f"loss {float(m['loss']):.4f}")
-                last = writer.write(done, {**m, **rates}, prefix="train/")
+            stop = tail(done, m, lambda: f"loss {float(m['loss']):.4f}",
+                        lambda: {"params": s.params_pure(trainable, frozen), "opt": opt_state},
+                        lambda: json.loads(data_lib.get_state(train_data)))
             if eval_fn is not None and (done % cfg.train.eval_every == 0 or done == cfg.train.steps):
                 ev = evaluate_loss(s, eval_fn, trainable, frozen, rest, cfg.train.eval_batches)
-                writer.write(done, ev, prefix="valid/")
-            if ckpt.save(done, {"params": s.params_pure(trainable, frozen), "opt": opt_state},
-                         json.loads(data_lib.get_state(train_data)), force=done == cfg.train.steps):
-                if ckpt.preempted:
-                    print(f"preempted: saved step {done}, exiting", file=sys.stderr)
-                    break
-        ckpt.close()
-        writer.close()
-        return last
+                tail.writer.write(done, ev, prefix="valid/")
+            if stop:
+                break
+        tail.close()
+        return tail.last
 
 
 def evaluate_loss(s: Setup, eval_fn, trainable, frozen, rest, max_batches: int | None, split: str = "valid") -> dict:

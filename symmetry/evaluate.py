@@ -19,10 +19,14 @@ from flax import nnx
 from m4mjax.run import checkpoint, cli
 from symmetry import audio, config as config_lib, data as data_lib, metrics, step as step_lib
 
-flags.DEFINE_string("workdir", None, "Run directory written by symmetry.train.", required=True)
-flags.DEFINE_string("soundfont", "", "Evaluate on this (unseen) soundfont instead of the run's test split.")
-flags.DEFINE_string("out", "", "Output JSON (default W/eval.json, or W/eval_<soundfont>.json).")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Command-line flags (defined only when run as a program, so importing this module is side-effect free)."""
+    flags.DEFINE_string("workdir", None, "Run directory written by symmetry.train.", required=True)
+    flags.DEFINE_string("soundfont", "", "Evaluate on this (unseen) soundfont instead of the run's test split.")
+    flags.DEFINE_string("out", "", "Output JSON (default W/eval.json, or W/eval_<soundfont>.json).")
 
 
 def load_seeds(workdir: str):
@@ -121,4 +125,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

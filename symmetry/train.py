@@ -15,7 +15,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from m4mjax.run import checkpoint, cli, mesh as mesh_lib, metrics as metrics_lib
+from m4mjax.run import checkpoint, cli, loop, mesh as mesh_lib, metrics as metrics_lib
 from symmetry import config as config_lib, data as data_lib, step as step_lib
 
 FLAGS = flags.FLAGS
@@ -66,23 +66,20 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -
             nnx.replace_by_pure_dict(params, items["params"])
             state = state.replace(params=params, opt_state=items["opt"])
             print(f"resumed from step {start}", file=sys.stderr)
-        writer = metrics_lib.MetricWriter(workdir)
         progress = metrics_lib.Progress(cfg.train.steps, start, cfg.num_seeds, "seed-steps")
-        last = {}
+        tail = loop.StepTail(workdir, cfg.train.steps, start, cfg.train.log_every, ckpt, progress)
         for it in range(start, cfg.train.steps):
             state, m = step_fn(state, data, jnp.int32(it), jax.random.fold_in(key, it))
-            done = it + 1
-            if done % cfg.train.log_every == 0 or done == cfg.train.steps or done == start + 1:
-                loss = np.asarray(m["loss"])
-                rates = progress.update(done, f"loss {loss.mean():.1f} (seeds {loss.min():.1f}..{loss.max():.1f})")
-                last = writer.write(done, {**m, **rates}, prefix="train/")
-            if ckpt.save(done, {"params": state.params.to_pure_dict(), "opt": state.opt_state},
-                         force=done == cfg.train.steps) and ckpt.preempted:
-                print(f"preempted: saved step {done}, exiting", file=sys.stderr)
+            if tail(it + 1, m, lambda: _loss_summary(m),
+                    lambda: {"params": state.params.to_pure_dict(), "opt": state.opt_state}):
                 break
-        ckpt.close()
-        writer.close()
-        return last
+        tail.close()
+        return tail.last
+
+
+def _loss_summary(m: dict) -> str:
+    loss = np.asarray(m["loss"])
+    return f"loss {loss.mean():.1f} (seeds {loss.min():.1f}..{loss.max():.1f})"
 
 
 def main(argv):

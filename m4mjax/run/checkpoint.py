@@ -60,11 +60,15 @@ class Checkpointer:
         out = self._mngr.restore(step, args=ocp.args.Composite(**args))
         return step, {k: out[k] for k in abstract}, out.get("data") if "data" in args else None
 
-    def save(self, step: int, items: dict[str, Any], data_state: Any = None, force: bool = False) -> bool:
-        """Save when ``step`` is on the interval, on preemption, or when forced. Returns True if saved."""
+    def due(self, step: int, force: bool = False) -> bool:
+        """Whether save(step) would write: on the interval, on preemption or when forced, once per step."""
         if not (force or self.preempted or (self.every > 0 and step % self.every == 0)):
             return False
-        if self.latest_step == step:
+        return self.latest_step != step
+
+    def save(self, step: int, items: dict[str, Any], data_state: Any = None, force: bool = False) -> bool:
+        """Save when ``step`` is on the interval, on preemption, or when forced. Returns True if saved."""
+        if not self.due(step, force):
             return False
         args = {k: ocp.args.StandardSave(v) for k, v in items.items()}
         if data_state is not None:
