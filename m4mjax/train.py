@@ -16,14 +16,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import app, flags, logging
+from absl import logging
 from flax import nnx
 
 from m4mjax import tasks as tasks_lib
 from m4mjax.datasets import pipeline
 from m4mjax.run import checkpoint, cli, data as data_lib, loop, mesh as mesh_lib, metrics as metrics_lib
-
-FLAGS = flags.FLAGS
 
 
 # --- optimizer -----------------------------------------------------------------------------------
@@ -269,12 +267,5 @@ def _dry_run(s: Setup, step_fn) -> dict:
     return info
 
 
-def main(argv):
-    del argv
-    cli.maybe_initialize_distributed()
-    train(FLAGS.config, FLAGS.workdir, FLAGS.dry_run)
-
-
 if __name__ == "__main__":
-    cli.define_flags()
-    app.run(main)
+    cli.run_trainer(train)

@@ -12,13 +12,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags
 from flax import nnx
 
 from m4mjax.run import checkpoint, cli, loop, mesh as mesh_lib, metrics as metrics_lib
 from symmetry import config as config_lib, data as data_lib, step as step_lib
-
-FLAGS = flags.FLAGS
 
 
 def load_train_data(cfg: ml_collections.ConfigDict, mcfg) -> np.ndarray:
@@ -82,12 +79,5 @@ def _loss_summary(m: dict) -> str:
     return f"loss {loss.mean():.1f} (seeds {loss.min():.1f}..{loss.max():.1f})"
 
 
-def main(argv):
-    del argv
-    cli.maybe_initialize_distributed()
-    train(FLAGS.config, FLAGS.workdir, FLAGS.dry_run)
-
-
 if __name__ == "__main__":
-    cli.define_flags()
-    app.run(main)
+    cli.run_trainer(train)

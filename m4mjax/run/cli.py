@@ -7,7 +7,7 @@ import os
 
 import jax
 import ml_collections
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 # Set by experiments/tpu.sh (and any pod launcher) on every worker of a multi-host slice.
@@ -27,6 +27,19 @@ def maybe_initialize_distributed() -> None:
     """jax.distributed.initialize() only when a pod launcher asked for it (env var)."""
     if os.environ.get(DISTRIBUTED_ENV, "0") not in ("", "0"):
         jax.distributed.initialize()
+
+
+def run_trainer(train_fn) -> None:
+    """``python -m <trainer>`` entry point: --config/--workdir/--dry_run, optional multi-host init, then
+    ``train_fn(config, workdir, dry_run)``."""
+    define_flags()
+
+    def main(argv):
+        del argv
+        maybe_initialize_distributed()
+        train_fn(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.dry_run)
+
+    app.run(main)
 
 
 def atomic_write_text(path: str, text: str) -> None:
