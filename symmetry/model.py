@@ -37,6 +37,8 @@ class SPSConfig:
     variant: str = "vae"                # 'vae' (sampled z, KL) or 'ae' (z = mu, KL = 0)
     prior: bool = True                  # False = the "beta-VAE" baseline: self-recon + KL only
     reparam: str = "official"           # 'official': mu + eps*0.5*exp(logvar); 'standard': mu + eps*exp(logvar/2)
+    init: str = "flax"                  # 'flax': lecun-normal kernels, zero biases; 'torch': PyTorch's defaults
+                                        # (U(+-1/sqrt(fan_in)) kernels and biases, as the official code got them)
     groups: tuple[str, ...] = ("translate",)  # augmentation paths (groups.make_group names)
     K: int = 4                          # group elements per sequence per path; 0 = "w/o symmetry" ablation
     t_range: float = 4.0                # translation U(-t_range, t_range)
@@ -76,6 +78,7 @@ class SPSConfig:
             (self.task in ("audio", "ball"), f"task must be 'audio' or 'ball', got {self.task!r}"),
             (self.variant in ("vae", "ae"), f"variant must be 'vae' or 'ae', got {self.variant!r}"),
             (self.reparam in ("official", "standard"), f"reparam must be 'official' or 'standard', got {self.reparam!r}"),
+            (self.init in ("flax", "torch"), f"init must be 'flax' or 'torch', got {self.init!r}"),
             (self.rnn_type in ("rnn", "gru"), f"rnn_type must be 'rnn' or 'gru', got {self.rnn_type!r}"),
             (self.conv_impl in ("matmul", "lax"), f"conv_impl must be 'matmul' or 'lax', got {self.conv_impl!r}"),
             (1 <= self.prior_dims <= self.latent_dim, f"prior_dims={self.prior_dims} must be in [1, latent_dim={self.latent_dim}]"),
@@ -108,12 +111,25 @@ def _param(rngs: nnx.Rngs, init, shape, names) -> nnx.Param:
     return nnx.Param(nnx.with_partitioning(init, names)(rngs.params(), shape))
 
 
+def _uniform_init(scale: float):
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -scale, scale)
+
+
+def _inits(torch_init: bool, fan_in: int, kernel=None):
+    """(kernel init, bias init): PyTorch's default U(+-1/sqrt(fan_in)) for both, or lecun-normal + zeros."""
+    if torch_init:
+        u = _uniform_init(1.0 / math.sqrt(fan_in))
+        return u, u
+    return kernel or nnx.initializers.lecun_normal(), nnx.initializers.zeros_init()
+
+
 class Linear(nnx.Module):
     """Dense layer with logical axis names on its kernel."""
 
-    def __init__(self, din: int, dout: int, names: tuple, *, rngs: nnx.Rngs):
-        self.kernel = _param(rngs, nnx.initializers.lecun_normal(), (din, dout), names)
-        self.bias = _param(rngs, nnx.initializers.zeros_init(), (dout,), (names[1],))
+    def __init__(self, din: int, dout: int, names: tuple, *, torch_init: bool = False, rngs: nnx.Rngs):
+        kinit, binit = _inits(torch_init, din)
+        self.kernel = _param(rngs, kinit, (din, dout), names)
+        self.bias = _param(rngs, binit, (dout,), (names[1],))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return x @ self.kernel[...] + self.bias[...]
@@ -128,11 +144,12 @@ def _patches(x: jax.Array, k: int, stride: int, lout: int) -> jax.Array:
 class Conv1D(nnx.Module):
     """= torch Conv2d(kernel (k, w), stride s, padding (p, 0)) on an input of width w (w folded into channels)."""
 
-    def __init__(self, cin: int, cout: int, k: int, stride: int, pad: int, impl: str, *, rngs: nnx.Rngs):
+    def __init__(self, cin: int, cout: int, k: int, stride: int, pad: int, impl: str, *, torch_init: bool = False,
+                 rngs: nnx.Rngs):
         self.k, self.stride, self.pad, self.impl = k, stride, pad, impl
-        self.kernel = _param(rngs, nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2), (k, cin, cout),
-                             (None, None, "channels"))
-        self.bias = _param(rngs, nnx.initializers.zeros_init(), (cout,), ("channels",))
+        kinit, binit = _inits(torch_init, k * cin, nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2))
+        self.kernel = _param(rngs, kinit, (k, cin, cout), (None, None, "channels"))
+        self.bias = _param(rngs, binit, (cout,), ("channels",))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x [N, L, Cin] -> [N, (L + 2p - k)//s + 1, Cout]."""
@@ -154,11 +171,12 @@ class ConvTranspose1D(nnx.Module):
     The matmul form is the sub-pixel decomposition: ceil(k/s) taps produce s outputs each."""
 
     def __init__(self, cin: int, cout: int, k: int, stride: int, pad: int, impl: str, width: int = 1, *,
-                 rngs: nnx.Rngs):
+                 torch_init: bool = False, rngs: nnx.Rngs):
         self.k, self.stride, self.pad, self.impl = k, stride, pad, impl
-        self.kernel = _param(rngs, nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2), (k, cin, width * cout),
-                             (None, "channels", None))
-        self.bias = _param(rngs, nnx.initializers.zeros_init(), (cout,), (None,))  # shared over the w columns
+        # torch's fan_in of a ConvTranspose2d weight [cin, cout, k, w] is cout * k * w
+        kinit, binit = _inits(torch_init, k * width * cout, nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2))
+        self.kernel = _param(rngs, kinit, (k, cin, width * cout), (None, "channels", None))
+        self.bias = _param(rngs, binit, (cout,), (None,))  # shared over the w columns
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x [N, L, Cin] -> [N, (L-1)s - 2p + k, Cout]; out[i*s - p + j] += x[i] @ kernel[j]."""
@@ -203,16 +221,16 @@ class AudioEncoder(nnx.Module):
     """[N, F, W] spectrogram notes -> (mu, logvar) [N, d] (spec §4.2)."""
 
     def __init__(self, cfg: SPSConfig, *, rngs: nnx.Rngs):
-        c, impl = AUDIO_CHANNELS, cfg.conv_impl
+        c, impl, t = AUDIO_CHANNELS, cfg.conv_impl, cfg.init == "torch"
         self.h = audio_last_h(cfg.freq_bins)
         self.convs = nnx.List([
-            Conv1D(cfg.frames, c[0], 5, 2, 1, impl, rngs=rngs),
-            Conv1D(c[0], c[1], 8, 4, 2, impl, rngs=rngs),
-            Conv1D(c[1], c[2], 4, 2, 1, impl, rngs=rngs),
-            Conv1D(c[2], c[3], 4, 2, 1, impl, rngs=rngs),
+            Conv1D(cfg.frames, c[0], 5, 2, 1, impl, torch_init=t, rngs=rngs),
+            Conv1D(c[0], c[1], 8, 4, 2, impl, torch_init=t, rngs=rngs),
+            Conv1D(c[1], c[2], 4, 2, 1, impl, torch_init=t, rngs=rngs),
+            Conv1D(c[2], c[3], 4, 2, 1, impl, torch_init=t, rngs=rngs),
         ])
-        self.mu = Linear(c[3] * self.h, cfg.latent_dim, ("embed", "latent"), rngs=rngs)
-        self.logvar = Linear(c[3] * self.h, cfg.latent_dim, ("embed", "latent"), rngs=rngs)
+        self.mu = Linear(c[3] * self.h, cfg.latent_dim, ("embed", "latent"), torch_init=t, rngs=rngs)
+        self.logvar = Linear(c[3] * self.h, cfg.latent_dim, ("embed", "latent"), torch_init=t, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         fpad = 32 * self.h + 1 - x.shape[1]
@@ -227,16 +245,16 @@ class AudioDecoder(nnx.Module):
     """z [N, d] -> logits [N, F, W] (sigmoid of the logits is the paper's decoder output)."""
 
     def __init__(self, cfg: SPSConfig, *, rngs: nnx.Rngs):
-        c, impl = AUDIO_CHANNELS, cfg.conv_impl
+        c, impl, t = AUDIO_CHANNELS, cfg.conv_impl, cfg.init == "torch"
         self.h, self.freq_bins, self.frames = audio_last_h(cfg.freq_bins), cfg.freq_bins, cfg.frames
         dims = (cfg.latent_dim, 16, 64, 256, 1024, c[3] * self.h)
-        self.mlp = nnx.List([Linear(a, b, ("latent" if i == 0 else "embed", "mlp"), rngs=rngs)
+        self.mlp = nnx.List([Linear(a, b, ("latent" if i == 0 else "embed", "mlp"), torch_init=t, rngs=rngs)
                              for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))])
         self.convs = nnx.List([
-            ConvTranspose1D(c[3], c[2], 4, 2, 1, impl, rngs=rngs),
-            ConvTranspose1D(c[2], c[1], 4, 2, 1, impl, rngs=rngs),
-            ConvTranspose1D(c[1], c[0], 8, 4, 2, impl, rngs=rngs),
-            ConvTranspose1D(c[0], 1, 5, 2, 1, impl, width=cfg.frames, rngs=rngs),
+            ConvTranspose1D(c[3], c[2], 4, 2, 1, impl, torch_init=t, rngs=rngs),
+            ConvTranspose1D(c[2], c[1], 4, 2, 1, impl, torch_init=t, rngs=rngs),
+            ConvTranspose1D(c[1], c[0], 8, 4, 2, impl, torch_init=t, rngs=rngs),
+            ConvTranspose1D(c[0], 1, 5, 2, 1, impl, width=cfg.frames, torch_init=t, rngs=rngs),
         ])
 
     def __call__(self, z: jax.Array) -> jax.Array:
@@ -251,17 +269,25 @@ class AudioDecoder(nnx.Module):
         return h[:, : self.freq_bins]
 
 
+def _nnx_inits(torch_init: bool, fan_in: int, channel_axis: int) -> dict:
+    """kernel_init / bias_init for nnx.Conv(Transpose) with the 'channels' logical axis on ``channel_axis``."""
+    kinit, binit = _inits(torch_init, fan_in)
+    names = tuple("channels" if i == channel_axis else None for i in range(4))
+    return dict(kernel_init=nnx.with_partitioning(kinit, names), bias_init=binit)
+
+
 class BallEncoder(nnx.Module):
     """[N, 32, 32, 3] frames -> (mu, logvar) [N, d] (spec §4.1)."""
 
     def __init__(self, cfg: SPSConfig, *, rngs: nnx.Rngs):
         chans = (cfg.image_channels, 64, 128, 256)
-        kinit = nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, None, None, "channels"))
-        self.convs = nnx.List([nnx.Conv(a, b, (4, 4), strides=2, padding=((1, 1), (1, 1)), kernel_init=kinit, rngs=rngs)
+        t = cfg.init == "torch"
+        self.convs = nnx.List([nnx.Conv(a, b, (4, 4), strides=2, padding=((1, 1), (1, 1)), **_nnx_inits(t, 16 * a, 3),
+                                        rngs=rngs)
                                for a, b in zip(chans[:-1], chans[1:])])
         flat = 256 * (cfg.image_size // 8) ** 2
-        self.mu = Linear(flat, cfg.latent_dim, ("embed", "latent"), rngs=rngs)
-        self.logvar = Linear(flat, cfg.latent_dim, ("embed", "latent"), rngs=rngs)
+        self.mu = Linear(flat, cfg.latent_dim, ("embed", "latent"), torch_init=t, rngs=rngs)
+        self.logvar = Linear(flat, cfg.latent_dim, ("embed", "latent"), torch_init=t, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         h = x
@@ -277,13 +303,13 @@ class BallDecoder(nnx.Module):
     def __init__(self, cfg: SPSConfig, *, rngs: nnx.Rngs):
         self.s = cfg.image_size // 8
         dims = (cfg.latent_dim, 16, 32, 64, 256 * self.s * self.s)
-        self.mlp = nnx.List([Linear(a, b, ("latent" if i == 0 else "embed", "mlp"), rngs=rngs)
+        t = cfg.init == "torch"
+        self.mlp = nnx.List([Linear(a, b, ("latent" if i == 0 else "embed", "mlp"), torch_init=t, rngs=rngs)
                              for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))])
         chans = (256, 128, 64, cfg.image_channels)
-        kinit = nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, None, "channels", None))
         # torch ConvTranspose2d(4, s=2, p=1) == padding k-1-p = 2 on the dilated input (spec §10)
         self.convs = nnx.List([nnx.ConvTranspose(a, b, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
-                                                 kernel_init=kinit, rngs=rngs)
+                                                 **_nnx_inits(t, 16 * b, 2), rngs=rngs)
                                for a, b in zip(chans[:-1], chans[1:])])
 
     def __call__(self, z: jax.Array) -> jax.Array:
@@ -300,10 +326,6 @@ class BallDecoder(nnx.Module):
 
 # ----------------------------------------------------------------------------------------------
 # Prior
-
-def _uniform_init(scale: float):
-    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -scale, scale)
-
 
 class RNNLayer(nnx.Module):
     """One Elman (h' = tanh(W_x x + W_h h + b)) or GRU (torch gate convention) layer; torch U(-1/sqrt(H), 1/sqrt(H)) init."""
@@ -335,7 +357,7 @@ class Prior(nnx.Module):
     def __init__(self, cfg: SPSConfig, *, rngs: nnx.Rngs):
         p, H = cfg.prior_dims, cfg.rnn_hidden
         self.layers = nnx.List([RNNLayer(p if i == 0 else H, H, cfg.rnn_type, rngs=rngs) for i in range(cfg.rnn_layers)])
-        self.readout = Linear(H, p, ("embed", "latent"), rngs=rngs)
+        self.readout = Linear(H, p, ("embed", "latent"), torch_init=cfg.init == "torch", rngs=rngs)
 
     def rollout(self, z: jax.Array, mask: jax.Array) -> jax.Array:
         """z [N, T, p], mask bool [T, N] (True = feed z_t, else the previous prediction) -> [N, T-1, p].

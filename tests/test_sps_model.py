@@ -131,3 +131,24 @@ def test_config_errors_name_the_key():
         SPSConfig.from_mapping({"kk": 4})
     with pytest.raises(ValueError, match="reparam"):
         audio_config(reparam="weird")
+
+
+@pytest.mark.parametrize("make", [audio_config, ball_config])
+def test_torch_init_is_uniform_in_fan_in_bounds(make):
+    """init='torch': every kernel and bias ~ U(+-1/sqrt(fan_in)) with torch's fan_in (ConvTranspose: cout*k*w)."""
+    m = SPSModel(make(init="torch"), rngs=nnx.Rngs(0))
+    if make is audio_config:
+        fan_ins = {m.encoder.convs[0]: 5 * 5, m.encoder.convs[1]: 64 * 8, m.decoder.convs[0]: 128 * 4,
+                   m.decoder.convs[3]: 1 * 5 * 5, m.decoder.mlp[4]: 1024, m.prior.readout: 256}
+    else:
+        fan_ins = {m.encoder.convs[0]: 3 * 16, m.decoder.convs[0]: 128 * 16, m.decoder.convs[2]: 3 * 16,
+                   m.decoder.mlp[0]: 3}
+    for layer, fan_in in fan_ins.items():
+        bound = 1.0 / np.sqrt(fan_in)
+        for name in ("kernel", "bias"):
+            v = np.asarray(getattr(layer, name)[...])
+            assert np.abs(v).max() <= bound + 1e-7, (layer, name)
+            if v.size >= 64:   # uniform, not a point mass or a narrower law
+                assert np.abs(v).max() > 0.9 * bound and abs(v.std() - bound / np.sqrt(3)) < 0.2 * bound, (layer, name)
+    flax_default = SPSModel(make(), rngs=nnx.Rngs(0))
+    assert float(np.abs(np.asarray(flax_default.decoder.mlp[0].bias[...])).max()) == 0.0   # flax: zero biases
