@@ -147,7 +147,7 @@ def per_device_bytes(tree) -> int:
 
 
 def flops_per_frame(cfg: ml_collections.ConfigDict) -> float:
-    """Training FLOPs per frame (forward + backward = 6 x matmul params x positions, plus attention)."""
+    """Training FLOPs per frame (model.train_step_flops of a one-sequence step, divided by its frames)."""
     from m4mjax import model as lm
     return lm.train_step_flops(cfg.model, 1, cfg.data.frames) / cfg.data.frames
 
