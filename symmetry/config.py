@@ -12,7 +12,8 @@ from symmetry.model import SPSConfig
 
 def defaults(**model_overrides) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.seed = 0                          # id of the first seed; seed s uses ids seed..seed+num_seeds-1
+    c.seed = 0                          # id of the first seed; this run trains ids seed..seed+num_seeds-1 (id s is the same
+                                        # model whether trained alone, --config.seed=s --config.num_seeds=1, or beside others)
     c.num_seeds = 1                     # independent models trained together (a vmapped leading axis)
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # seeds shard over data x fsdp
     c.model = ml_collections.ConfigDict(dataclasses.asdict(SPSConfig.from_mapping(model_overrides)))

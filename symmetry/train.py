@@ -38,7 +38,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -
     cli.setup_workdir(workdir, cfg)
     mcfg = config_lib.model_config(cfg)
     mesh = mesh_lib.make_mesh(cfg.mesh)
-    key = jax.random.key(cfg.seed)
+    key = jax.random.key(0)  # one base key: seed id s owns fold_in(key, s), however the seeds are split into runs
     with mesh_lib.use_mesh(mesh):
         state = step_lib.init_state(mcfg, cfg.num_seeds, key, mesh, first_seed=cfg.seed)
         step_fn = step_lib.make_train_step(mcfg, state)

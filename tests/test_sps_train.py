@@ -1,0 +1,25 @@
+"""symmetry.train: seed ids name models, however the seeds of a cell are split across runs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from sps_fixtures import REPO, sps_tiny_root  # noqa: F401  (session fixture)
+
+
+def test_seed_alone_equals_seed_in_stack(sps_tiny_root, tmp_path):  # noqa: F811
+    """--config.seed=1 --config.num_seeds=1 starts as seed 1 of the fixture's 2-seed run (same init, batch, noise)."""
+    from experiments.sweep import load_experiment
+    from symmetry import train
+
+    cfg = load_experiment(str(REPO / "experiments/symmetry/sps_audio.py")).get_config("tiny")
+    cfg.data.dir = str(REPO / "data/sps")
+    cfg.update(seed=1, num_seeds=1)
+    cfg.train.steps = 1
+    train.train(cfg, str(tmp_path / "seed1"))
+    first = lambda wd: json.loads((wd / "metrics.jsonl").read_text().splitlines()[0])  # noqa: E731
+    alone, stack = first(tmp_path / "seed1"), first(sps_tiny_root / "sps_vae_k4")
+    assert alone["step"] == stack["step"] == 1
+    np.testing.assert_allclose(alone["train/loss"][0], stack["train/loss"][1], rtol=1e-5)
+    assert not np.isclose(stack["train/loss"][0], stack["train/loss"][1], rtol=1e-5)
