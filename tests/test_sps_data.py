@@ -84,6 +84,25 @@ def test_bend_split_specs():
     np.testing.assert_array_equal(train[0]["pitches"] - 58, audio.MAJOR_SCALE)
 
 
+def test_fade_switch(renderer):
+    cfg = data.default_data_config()
+    assert all(s["fade"] == (58, 84) for s in data.scale_specs(cfg, "train")[1])
+    key_official = data.settings_key(cfg, "train")[0]
+    cfg.fade = "none"
+    assert all(s["fade"] is None for s in data.scale_specs(cfg, "train")[1])
+    assert data.settings_key(cfg, "train")[0] != key_official  # a separate cache
+    pitches = [60.0, 60.5, 84.0]
+    faded = audio.render_sequence(renderer, audio.FLUID_R3, 21, pitches, (58, 84))
+    plain = audio.render_sequence(renderer, audio.FLUID_R3, 21, pitches, None)
+    note = lambda a, i: a[i * 2560 + 512:(i + 1) * 2560]  # noqa: E731
+    assert note(faded, 0)[-1] == 0 and note(plain, 0)[-1] != 0      # only the in-range integer note fades
+    np.testing.assert_array_equal(note(faded, 1), note(plain, 1))
+    np.testing.assert_array_equal(note(faded, 2), note(plain, 2))
+    cfg.fade = "some"
+    with pytest.raises(ValueError, match="fade"):
+        data.scale_specs(cfg, "train")
+
+
 def test_unknown_key(tmp_path):
     cfg = dict(dir=str(tmp_path), soundfnt="x")
     with pytest.raises(ValueError, match="soundfnt"):
