@@ -40,10 +40,10 @@ def default_data_config() -> Any:
         feature="stft",                     # 'stft' (the paper) or 'cqt'
         n_bins=0,                           # 0 = all (513 STFT / 129 CQT); e.g. 257 = lowest STFT bins, 0-4 kHz
         test_bend_seed=0,                   # seed of the random fractional offsets of the 'bend' split
-        fade="official",                    # 'official': integer notes of the instrument's range get the 512-sample
-                                            # fade-out, on-demand notes (84-95, every fractional test note) do not
-                                            # (spec §2.1); 'none': no note is faded, so training notes look like
-                                            # the fractional-pitch test notes
+        train_fade="official",              # training split only ('bend'/'unseen' always as the paper): 'official' =
+                                            # integer notes of the instrument's range get the 512-sample fade-out,
+                                            # on-demand notes (84-95, every fractional test note) do not (spec §2.1);
+                                            # 'none' = no training note is faded, like the fractional test notes
         dir="data/sps",                     # cache root (TFDS array_record)
     ))
 
@@ -70,13 +70,13 @@ def scale_specs(cfg: Any, split: str) -> tuple[str, list[dict]]:
         raise ValueError(f"split {split!r} must be one of {SPLITS}")
     soundfont = _get(cfg, "unseen_soundfont" if split == "unseen" else "soundfont")
     rng = np.random.default_rng(int(_get(cfg, "test_bend_seed")))
-    fade = _get(cfg, "fade")
+    fade = _get(cfg, "train_fade")
     if fade not in ("official", "none"):
-        raise ValueError(f"data.fade={fade!r} must be 'official' or 'none'")
+        raise ValueError(f"data.train_fade={fade!r} must be 'official' or 'none'")
     specs = []
     for name in _get(cfg, "instruments"):
         program, (lo, hi) = audio.instrument(name)
-        fade_range = (lo, hi) if fade == "official" else None
+        fade_range = None if split == "train" and fade == "none" else (lo, hi)
         starts = [int(s) for s in _get(cfg, "start_pitches")] or list(range(lo, hi))
         for start in starts:
             bend = round(float(rng.random()), 2) if split == "bend" else 0.0
@@ -114,8 +114,8 @@ def settings_key(cfg: Any, split: str) -> tuple[str, dict]:
         feature=_get(cfg, "feature"), n_bins=int(_get(cfg, "n_bins")),
         test_bend_seed=int(_get(cfg, "test_bend_seed")) if split == "bend" else None,
     )
-    if _get(cfg, "fade") != "official":  # only when set, so caches made before the switch keep their names
-        settings["fade"] = _get(cfg, "fade")
+    if split == "train" and _get(cfg, "train_fade") != "official":  # caches made before the switch keep their names
+        settings["train_fade"] = _get(cfg, "train_fade")
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return f"{split}_{digest}", settings
 

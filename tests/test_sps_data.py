@@ -88,9 +88,12 @@ def test_fade_switch(renderer):
     cfg = data.default_data_config()
     assert all(s["fade"] == (58, 84) for s in data.scale_specs(cfg, "train")[1])
     key_official = data.settings_key(cfg, "train")[0]
-    cfg.fade = "none"
+    key_bend = data.settings_key(cfg, "bend")[0]
+    cfg.train_fade = "none"
     assert all(s["fade"] is None for s in data.scale_specs(cfg, "train")[1])
     assert data.settings_key(cfg, "train")[0] != key_official  # a separate cache
+    assert all(s["fade"] == (58, 84) for s in data.scale_specs(cfg, "bend")[1])  # test sets stay the paper's
+    assert data.settings_key(cfg, "bend")[0] == key_bend
     pitches = [60.0, 60.5, 84.0]
     faded = audio.render_sequence(renderer, audio.FLUID_R3, 21, pitches, (58, 84))
     plain = audio.render_sequence(renderer, audio.FLUID_R3, 21, pitches, None)
@@ -98,8 +101,8 @@ def test_fade_switch(renderer):
     assert note(faded, 0)[-1] == 0 and note(plain, 0)[-1] != 0      # only the in-range integer note fades
     np.testing.assert_array_equal(note(faded, 1), note(plain, 1))
     np.testing.assert_array_equal(note(faded, 2), note(plain, 2))
-    cfg.fade = "some"
-    with pytest.raises(ValueError, match="fade"):
+    cfg.train_fade = "some"
+    with pytest.raises(ValueError, match="train_fade"):
         data.scale_specs(cfg, "train")
 
 

@@ -30,6 +30,15 @@ REDUCTIONS = {
     "model.ss_iter_scale": "15: scheduled sampling follows the paper's p_tf curve over the shorter run",
 }
 
+# Where :cpu deviates from the paper's data (not a size reduction; a switch, see docs/RESULTS.md).
+DEVIATIONS = {
+    "data.train_fade": "'none': training notes are not faded. In the paper's data only the integer notes of the "
+                       "accordion's range (58-83) get a 512-sample fade-out, the fractional test notes never do; in "
+                       "1,001 iterations the encoder keys on the fade (first-note R² of the same fractional notes: "
+                       "0.98-0.99 unfaded vs 0.996-0.999 faded), and one seed in ten folds its pitch axis at the "
+                       "octave. The test splits stay exactly the paper's.",
+}
+
 
 def get_config(variant: str = "cpu"):
     c = defaults()
@@ -39,6 +48,7 @@ def get_config(variant: str = "cpu"):
         return c
     if variant == "cpu":
         c.data.n_bins = 129
+        c.data.train_fade = "none"
         c.model.freq_bins = 129
         c.model.ss_iter_scale = 15.0
         c.train.steps = 1_001
