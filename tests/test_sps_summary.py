@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from sps_fixtures import sps_tiny_root  # noqa: F401  (session fixture)
@@ -47,3 +48,12 @@ def test_missing_and_grouping(sps_tiny_root, tmp_path):  # noqa: F811
     assert summary.group_of("x/run1", cfg) == "vae_k0"
     with pytest.raises(ValueError, match="not a directory"):
         summary.summarize(str(tmp_path / "nope"))
+
+
+def test_fade_probe(sps_tiny_root):  # noqa: F811
+    from experiments.symmetry import fade_probe
+
+    out = fade_probe.probe(str(sps_tiny_root / "sps_vae_k4"))
+    assert list(out) == ["integer faded", "integer unfaded", "fractional faded", "fractional unfaded"]
+    for r2 in out.values():
+        assert r2.shape == (2,) and np.all((r2 >= 0) & (r2 <= 1))
