@@ -23,3 +23,15 @@ def test_seed_alone_equals_seed_in_stack(sps_tiny_root, tmp_path):  # noqa: F811
     assert alone["step"] == stack["step"] == 1
     np.testing.assert_allclose(alone["train/loss"][0], stack["train/loss"][1], rtol=1e-5)
     assert not np.isclose(stack["train/loss"][0], stack["train/loss"][1], rtol=1e-5)
+
+
+def test_cpu_variant_documents_every_change_from_paper():
+    """Each setting where :cpu differs from :paper is named in REDUCTIONS or DEVIATIONS (cadence knobs aside)."""
+    from experiments.sweep import load_experiment
+
+    exp = load_experiment(str(REPO / "experiments/symmetry/sps_audio.py"))
+    flat = lambda c: {f"{g}.{k}": v for g in ("data", "model", "train") for k, v in c[g].items()}  # noqa: E731
+    paper, cpu = flat(exp.get_config("paper")), flat(exp.get_config("cpu"))
+    changed = {k for k in paper if paper[k] != cpu[k]} - {"train.log_every", "train.ckpt_every"}
+    documented = {k.strip() for key in (*exp.REDUCTIONS, *exp.DEVIATIONS) for k in key.split("/")}
+    assert changed and changed <= documented, changed - documented
