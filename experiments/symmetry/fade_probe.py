@@ -2,7 +2,7 @@
 
   python -m experiments.symmetry.fade_probe workdirs/sweeps/sps_audio_cpu/sps_vae_k4
 
-Renders single accordion notes (integer MIDI 60-84 and 25 fractional pitches in that range), each with and
+Renders single notes of the run's first training instrument (integer MIDI 60-84 and 25 fractional pitches in that range), each with and
 without the 512-sample fade the paper's data gives integer training notes (spec §2.1; fractional test notes are
 never faded), encodes them with every seed of the workdir and prints the first-note embedding R² per seed for
 each case. An encoder that learned pitch scores the same with and without the fade.
@@ -22,7 +22,7 @@ from symmetry import evaluate as evaluate_lib
 
 def probe(workdir: str) -> dict[str, np.ndarray]:
     cfg, _, graphdef, params = evaluate_lib.load_seeds(workdir)
-    renderer, (program, _) = audio.NoteRenderer(), audio.instrument("Accordion")
+    renderer, (program, _) = audio.NoteRenderer(), audio.instrument(cfg.data.instruments[0])
     encode = jax.jit(lambda p, x: jax.vmap(lambda q: nnx.merge(graphdef, q).encode(x)[0])(p))
 
     def first_z(pitches, fade):
