@@ -14,6 +14,15 @@ from ml_collections import config_flags
 DISTRIBUTED_ENV = "M4MJAX_DISTRIBUTED"
 
 
+class UserError(Exception):
+    """A user's mistake (bad file, flag value, config key, missing workdir): reported as ONE line
+    ``<command>: error: <what> (<where>)`` on stderr with exit status 2 and no traceback."""
+
+    def __init__(self, what: str, where: str | None = None):
+        self.what, self.where = what, where
+        super().__init__(f"{what} ({where})" if where else what)
+
+
 def define_flags(workdir_required: bool = True) -> None:
     """--config=FILE[:variant] (locked: a typo in --config.x=y names the bad key), --workdir, --dry_run."""
     config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. experiments/m4m/lm_pretrain.py:small.",
