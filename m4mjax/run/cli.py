@@ -2,8 +2,10 @@
 optional multi-host initialisation, and workdir/config.json (written atomically)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 
 import jax
 import ml_collections
@@ -21,6 +23,28 @@ class UserError(Exception):
     def __init__(self, what: str, where: str | None = None):
         self.what, self.where = what, where
         super().__init__(f"{what} ({where})" if where else what)
+
+
+DEBUG_ENV = "M4MJAX_DEBUG"  # set to 1 (or pass --debug) to see the traceback behind a one-line error
+
+
+def debug_requested(argv: list[str] | None = None) -> bool:
+    """True when the user asked for tracebacks (--debug on the command line or M4MJAX_DEBUG=1)."""
+    argv = sys.argv if argv is None else argv
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0") or "--debug" in argv
+
+
+@contextlib.contextmanager
+def report_errors(command: str):
+    """Around a command's body: a UserError becomes ONE stderr line ``<command>: error: ...`` and exit 2
+    (the traceback only with --debug / M4MJAX_DEBUG=1); any other exception (a bug) keeps its traceback."""
+    try:
+        yield
+    except UserError as e:
+        if debug_requested():
+            raise
+        print(f"{command}: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def define_flags(workdir_required: bool = True) -> None:
