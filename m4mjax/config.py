@@ -22,6 +22,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.data.name = "m4m_default/demo"    # 'm4m_default/demo' | 'm4m_default/full' (embedded corpus) | 'prepared'
     c.data.dir = "data/tfds"            # TFDS data_dir, or the `m4mjax.prepare --out` folder for 'prepared'
     c.data.max_frame_tokens = c.model.get_ref("max_frame_tokens")  # tokens per frame row (L), follows the model
+    c.data.sampling = "song"            # training windows: 'song' (one per song per epoch) | 'length' (per song length)
     c.data.drop_short = True            # drop songs shorter than a window (as the paper); else pad them
     c.data.reference = ""               # two-stream tasks: reference stream selector ('drums', 'track:0', ...)
     c.data.target = ""                  # two-stream tasks: target stream selector

@@ -4,12 +4,14 @@
   python -m m4mjax.evaluate --workdir=workdirs/lm_small
   python -m m4mjax.sample --workdir=workdirs/lm_small --prompt=in.mid --out=out.mid
 
-Variants: tiny (tests, seconds), demo (`make demo`, ~8 min), small (this CPU, < 30 min),
+Variants: tiny (tests, seconds), demo (`make demo`, ~8 min), small (this CPU, < 30 min), base (the
+foundation for the function-alignment tasks: full corpus, 16-bar windows, ~3 h here),
 paper (official size 1: 111.8M params, batch 48 x 384 frames, OneCycle 1e-4 over 2M steps).
 Your own MIDI folder: `python -m m4mjax.prepare --midi_dir=DIR --out=data/mine` then
 `--config.data.name=data/mine`.
 """
 from m4mjax.config import defaults, model_defaults
+from m4mjax.run.cli import UserError
 
 
 def get_config(variant: str = "small"):
@@ -35,8 +37,19 @@ def get_config(variant: str = "small"):
         c.optim.warmup_frac = 0.05
         c.train.update(steps=1000 if variant == "small" else 400, log_every=25, eval_every=500,
                        eval_batches=16, ckpt_every=250)
+    elif variant == "base":
+        # The foundation the function-alignment tasks start from (--config.init_from): the FULL embedded
+        # corpus, 16-bar windows, up to 12 notes per frame (L = 25), 6 global layers; windows drawn in
+        # proportion to song length (official FramedDataset) so the multi-track songs are not drowned by
+        # the short folk tunes, which are padded rather than dropped. Sized for ~3 h on a 2-core CPU.
+        m.update(width=256, layers=6, heads=4, ffn=1024, local_layers=1, local_heads=4, local_ffn=512,
+                 max_frame_tokens=25, dropout=0.0)
+        c.data.update(name="m4m_default/full", frames=256, batch_size=8, drop_short=False, sampling="length")
+        c.optim.lr = 1e-3
+        c.optim.warmup_frac = 0.02
+        c.train.update(steps=4000, log_every=25, eval_every=1000, eval_batches=16, ckpt_every=250)
     else:
-        raise ValueError(f"lm_pretrain: unknown variant {variant!r} (tiny | demo | small | paper)")
+        raise UserError(f"unknown variant {variant!r} (tiny | demo | small | base | paper)", f"lm_pretrain.py:{variant}")
     return c
 
 
