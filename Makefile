@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY      := .venv/bin/python
 WORK    ?= workdirs/demo
-APT_PKGS := fluidsynth libfluidsynth3 fluid-soundfont-gm timgm6mb-soundfont
+APT_PKGS := fluidsynth libfluidsynth3 fluid-soundfont-gm timgm6mb-soundfont mma
 export XLA_FLAGS ?=
 export TF_CPP_MIN_LOG_LEVEL := 3
 

@@ -3,54 +3,87 @@
 One ordinary command per sweep point of an experiment file's ``get_sweep()``: printed (default), run
 one after another here (--run; a finished point resumes/no-ops because each run resumes from its
 workdir), or pasted into a TPU VM via experiments/tpu.sh. A sweep point is a dict of config
-overrides plus a ``name``; the experiment file's ``ENTRY`` names the module to run.
+overrides plus a ``name``; the experiment file's ``ENTRY`` names the module to run. The variant and
+every override key are checked against the file's ``get_config`` first, so a bad sweep fails here
+(one line, exit 2) instead of printing commands that would all fail.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib.util
+import os
 import shlex
 import subprocess
 import sys
+from typing import Any
+
+from m4mjax.run import cli
 
 
 def load_experiment(path: str):
+    """Import an experiment config file by path."""
+    if not os.path.isfile(path):
+        raise cli.UserError("no such experiment file", path)
     spec = importlib.util.spec_from_file_location("experiment", path)
     if spec is None or spec.loader is None:
-        raise ValueError(f"sweep: cannot import experiment file {path!r}")
+        raise cli.UserError("cannot import experiment file (not a .py file?)", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
+def check_key(cfg: Any, key: str, where: str) -> None:
+    """The dotted override key exists in the config (a UserError with a 'did you mean' otherwise)."""
+    node, parts = cfg, key.split(".")
+    for i, k in enumerate(parts):
+        keys = [str(x) for x in node.keys()] if hasattr(node, "keys") else []
+        if k not in keys:
+            close = difflib.get_close_matches(k, keys, n=1)
+            hint = f"; did you mean {'.'.join(parts[:i] + close)!r}?" if close else ""
+            raise cli.UserError(f"sweep point overrides unknown config key {key!r}{hint}", where)
+        node = node[k]
+
+
 def commands(file_arg: str, root: str, only: str = "") -> list[list[str]]:
+    """The command line of every sweep point of FILE[:variant] (validated against the file's get_config)."""
     path, _, variant = file_arg.partition(":")
     mod = load_experiment(path)
     if not hasattr(mod, "get_sweep"):
-        raise ValueError(f"sweep: {path} has no get_sweep()")
+        raise cli.UserError("experiment file has no get_sweep()", path)
     variant = variant or getattr(mod, "SWEEP_VARIANT", "")
+    try:
+        cfg = mod.get_config(variant) if variant else mod.get_config()
+    except ValueError as e:  # config files not yet raising UserError for an unknown variant
+        raise cli.UserError(str(e), file_arg) from e
     entry = getattr(mod, "ENTRY", "m4mjax.train")
     out = []
     for point in mod.get_sweep(variant) if variant else mod.get_sweep():
         point = dict(point)
         name = point.pop("name")
+        for k in point:
+            check_key(cfg, k, f"{path}:{variant} point {name}" if variant else f"{path} point {name}")
         if only and only not in name:
             continue
-        cfg = f"{path}:{variant}" if variant else path
-        cmd = [sys.executable, "-m", entry, f"--config={cfg}", f"--workdir={root}/{name}"]
+        cfg_arg = f"{path}:{variant}" if variant else path
+        cmd = [sys.executable, "-m", entry, f"--config={cfg_arg}", f"--workdir={root}/{name}"]
         cmd += [f"--config.{k}={v}" for k, v in point.items()]
         out.append(cmd)
+    if not out:
+        raise cli.UserError("no sweep point matches", f"--only={only}" if only else file_arg)
     return out
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    """CLI: print (or --run) the sweep's commands; exit 2 on a bad file/variant/key, 1 if a run failed."""
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", help="experiment file, optionally FILE:variant")
     p.add_argument("--root", default="workdirs/sweeps", help="parent directory of the sweep's workdirs")
     p.add_argument("--only", default="", help="keep points whose name contains this")
     p.add_argument("--run", action="store_true", help="run the commands here, one after another")
-    a = p.parse_args(argv)
-    cmds = commands(a.file, a.root, a.only)
+    with cli.report_errors("experiments.sweep"):
+        a = p.parse_args(argv)
+        cmds = commands(a.file, a.root, a.only)
     failed = []
     for i, cmd in enumerate(cmds):
         line = " ".join(shlex.quote(c) for c in cmd)

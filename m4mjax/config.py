@@ -19,7 +19,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.model = model_defaults(1)
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "m4m_default/demo"    # 'm4m_default/demo' | 'm4m_default/full' (embedded corpus) | 'prepared'
+    c.data.name = "m4m_default/demo"    # 'm4m_default/demo' | 'm4m_default/full' (embedded corpus) | a `m4mjax.prepare
+                                        # --out` folder (e.g. data/mine) | 'prepared' (the folder in data.dir)
     c.data.dir = "data/tfds"            # TFDS data_dir, or the `m4mjax.prepare --out` folder for 'prepared'
     c.data.max_frame_tokens = c.model.get_ref("max_frame_tokens")  # tokens per frame row (L), follows the model
     c.data.sampling = "song"            # training windows: 'song' (one per song per epoch) | 'length' (per song length)
@@ -44,10 +45,10 @@ def defaults() -> ml_collections.ConfigDict:
     c.train.steps = 2_000_000           # total optimiser steps
     c.train.log_every = 50              # metrics.jsonl / progress line cadence
     c.train.eval_every = 1000           # held-out loss cadence (0 = never during training)
-    c.train.eval_batches = 25           # batches per held-out evaluation
+    c.train.eval_batches = 25           # batches per held-out evaluation (windows spread evenly over the split)
     c.train.ckpt_every = 1000           # checkpoint cadence (also on SIGTERM and at the end)
     c.train.ckpt_keep = 3               # checkpoints kept
-    c.train.peak_flops = 153e9          # per-device peak FLOP/s for MFU (measure with benchmarks/matmul_peak.py)
+    c.train.peak_flops = 0.0            # per-device peak FLOP/s for MFU; 0 = measured once per machine (cached), < 0 = n/a
 
     c.sample = ml_collections.ConfigDict()
     c.sample.temperature = 1.0          # softmax temperature

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from m4mjax.run import mesh as _mesh  # noqa: F401  (switches off Flax eager sharding before modules exist)
+from m4mjax.run import mesh as mesh_lib
 
 NEG_INF = -1e30
 Cross = Callable[[int, jax.Array], jax.Array]  # (layer_index, layer input [N,T,E]) -> delta [N,T,E]
@@ -49,6 +49,7 @@ def param(rngs: nnx.Rngs, init: Callable, shape: Sequence[int], names: Sequence[
     """A variable of type ``kind`` carrying logical axis names (one per dim) for the mesh rules."""
     if len(names) != len(shape):
         raise ValueError(f"param: names {names} do not match shape {shape}")
+    mesh_lib.configure_flax()  # we place variables ourselves: no eager sharding by Flax
     return kind(nnx.with_partitioning(init, tuple(names))(rngs.params(), tuple(shape), dtype))
 
 
@@ -190,8 +191,11 @@ class Stack(nnx.Module):
             hiddens.append(x)
             c = None if cache is None else cache[i]
 
-            def run(blk, x, sin, cos, c, cache_index, key, i=i):
-                return blk(x, sin, cos, mask, layer_index=i, cross=cross, cache=c, cache_index=cache_index, key=key)
+            # ``i`` is closed over, not a default argument: remat traces defaults, and the cross hook needs
+            # a Python int layer index (run is called right away, so the loop variable is the current one).
+            def run(blk, x, sin, cos, c, cache_index, key):
+                return blk(x, sin, cos, mask, layer_index=i, cross=cross, cache=c, cache_index=cache_index,  # noqa: B023
+                           key=key)
 
             if self.remat:
                 run = nnx.remat(run)

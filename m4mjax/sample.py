@@ -14,6 +14,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from m4mjax.model import M4MTransformer
@@ -109,13 +110,7 @@ def load_model(workdir: str) -> M4MTransformer:
 
     cfg = cli.load_config(workdir)
     model = nnx.eval_shape(lambda: M4MTransformer(cfg.model, rngs=nnx.Rngs(0)))
-    params = checkpoint.load_params(workdir)
-    state = nnx.state(model, nnx.Param)
-    try:
-        nnx.replace_by_pure_dict(state, params)
-    except Exception as e:
-        raise ValueError(f"{workdir}: checkpoint params do not match config.json's model ({e})") from None
-    nnx.update(model, state)
+    nnx.update(model, checkpoint.restore_params(workdir, nnx.state(model, nnx.Param)))
     return model
 
 
@@ -130,12 +125,37 @@ def test_prompt(workdir: str, frames: int):
     return next(iter(pipeline.make_dataset(cfg.data, "test", seed=0)))["tokens"][0]
 
 
+def load_prompt(path: str, frames: int, max_frame_tokens: int) -> tuple[np.ndarray, dict]:
+    """(tokens [F0, L], timing) of the first ``frames`` frames of a MIDI file; timing (tempo, time signature,
+    see ``tokenizer.timing_of``) is what the sampled file is written with."""
+    from m4mjax import tokenizer as tk
+
+    score = tk.load_midi(path)
+    notes, n = tk.midi_to_notes(score, name=str(path))
+    f0 = min(int(frames), n)
+    return tk.notes_to_tokens(notes, 0, f0, max_frame_tokens), tk.timing_of(score, f0)
+
+
+def write_samples(tokens: np.ndarray, out: str, timing: dict | None = None) -> list[str]:
+    """Write sampled token rows [B, F, L] as MIDI files (sample i > 0 gets a ``_i`` suffix), each ending at
+    frame F (notes cut there) with the prompt's tempo and time signature (default 120 qpm, 4/4)."""
+    from m4mjax import tokenizer as tk
+
+    tokens = np.asarray(tokens)
+    root, ext = os.path.splitext(out)
+    paths = []
+    for i, toks in enumerate(tokens):
+        path = out if i == 0 else f"{root}_{i}{ext or '.mid'}"
+        tk.notes_to_midi(tk.tokens_to_notes(toks), path, **(timing or {}), end_frame=toks.shape[0])
+        paths.append(path)
+    return paths
+
+
 def main(argv=None) -> None:
     """Sample continuations of a prompt MIDI file and write them as MIDI."""
-    import numpy as np
-    from absl import app, flags
+    from absl import flags
 
-    from m4mjax import tokenizer as tk
+    from m4mjax.run import cli
 
     flags.DEFINE_string("workdir", None, "run directory (config.json + checkpoints/)", required=True)
     flags.DEFINE_string("prompt", None, "prompt MIDI file (default: the first window of the run's test split)")
@@ -147,26 +167,37 @@ def main(argv=None) -> None:
     flags.DEFINE_integer("seed", 0, "random seed")
     flags.DEFINE_integer("num_samples", 1, "continuations sampled at once (one batch)")
     FLAGS = flags.FLAGS
+    cli.check_nonempty_flag("workdir")
+    cli.check_flag("prompt", lambda p: p is None or os.path.isfile(p), "no such file")
+    cli.check_flag("out", lambda p: bool(p) and os.path.isdir(os.path.dirname(p) or "."),
+                   "must be a file path in an existing folder")
+    cli.check_flag("prompt_frames", lambda n: n >= 1, "must be >= 1")
+    cli.check_flag("n_frames", lambda n: n >= 1, "must be >= 1")
+    cli.check_flag("num_samples", lambda n: n >= 1, "must be >= 1")
+    cli.check_flag("temperature", lambda t: t >= 0, "must be >= 0")
+    cli.check_flag("top_p", lambda p: 0 < p <= 1, "must be in (0, 1]")
 
-    def run(_):
-        model = load_model(FLAGS.workdir)
+    def run(argv):
+        if len(argv) > 1:
+            raise cli.UserError("unexpected positional arguments", " ".join(argv[1:]))
+        cfg = cli.load_config(FLAGS.workdir)  # fail fast, before the model and the checkpoint load
+        timing = None
         if FLAGS.prompt:
-            notes, n = tk.midi_to_notes(tk.load_midi(FLAGS.prompt), name=FLAGS.prompt)
-            f0 = min(FLAGS.prompt_frames, n)
-            prompt = tk.notes_to_tokens(notes, 0, f0, model.cfg.max_frame_tokens)
-        else:
+            try:
+                prompt, timing = load_prompt(FLAGS.prompt, FLAGS.prompt_frames, cfg.model.max_frame_tokens)
+            except ValueError as e:  # tokenizer.load_midi / midi_to_notes name the file and the problem
+                raise cli.user_error(e, FLAGS.prompt) from e
+        model = load_model(FLAGS.workdir)
+        if not FLAGS.prompt:
             prompt = test_prompt(FLAGS.workdir, FLAGS.prompt_frames)
-            f0 = prompt.shape[0]
+        f0 = prompt.shape[0]
         batch = np.repeat(prompt[None], FLAGS.num_samples, axis=0)
         out = np.asarray(generate(model, batch, FLAGS.n_frames, jax.random.key(FLAGS.seed), FLAGS.temperature,
                                   FLAGS.top_p))
-        root, ext = os.path.splitext(FLAGS.out)
-        for i, toks in enumerate(out):
-            path = FLAGS.out if i == 0 else f"{root}_{i}{ext or '.mid'}"
-            tk.notes_to_midi(tk.tokens_to_notes(toks), path)
+        for path in write_samples(out, FLAGS.out, timing):
             print(f"wrote {path} ({f0} prompt + {FLAGS.n_frames} sampled frames)")
 
-    app.run(run, argv=argv)
+    cli.run_main(run, "m4mjax.sample", argv=argv)
 
 
 if __name__ == "__main__":

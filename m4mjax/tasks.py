@@ -1,12 +1,21 @@
-"""Tasks: what a run trains. Each task names its model builder, its loss, and which variables the
-optimizer updates (everything else is frozen and carries no optimizer state).
+"""Tasks: what a run trains. Each task names its model builder, its loss, which variables the optimizer
+updates (everything else is frozen and carries no optimizer state), the batch streams it reads and, where
+plain held-out loss is not the measure, its own evaluation.
 
-The function-alignment tasks (chord<->melody, drums<->others, analysis; spec §4-§5) plug in here as
-further entries with a linked model and trainable = adapters (+ LoRA).
+The function-alignment tasks (spec §4-§5) are one ``linked_task`` entry each: a linked model (FA_self or
+FA_cross, ``config.link.kind``) reading a reference stream and modelling a time-aligned target stream, the
+two picked from a song's notes by ``data.reference`` / ``data.target`` selectors (m4mjax.datasets.pipeline).
+The entry carries its default selectors; an experiment config copies them into ``cfg.data``. The trainable
+filter follows ``config.link.train`` ('link': LoRA + adapters; 'full': every parameter), resolved per run by
+``Task.trainable_filter(cfg)``. Conditional generation would be, e.g.::
+
+    "chord2melody": linked_task("chord2melody", reference="track:1", target="track:0"),
+    "drums2others": linked_task("drums2others", reference="drums", target="others"),
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Any, Callable
 
 import jax
@@ -23,8 +32,23 @@ class Task:
     name: str
     build: Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]  # (full config, rngs) -> model
     loss: Loss                       # (model, batch, dropout key or None) -> (mean loss, metrics)
-    trainable: Any = nnx.Param       # nnx filter: variables the optimizer updates
+    trainable: Any = nnx.Param       # nnx filter: variables the optimizer updates (when trainable_fn is None)
     streams: tuple[str, ...] = ("tokens",)  # batch keys the task reads
+    trainable_fn: Callable[[ml_collections.ConfigDict], Any] | None = None  # config -> nnx filter (overrides)
+    reference: str = ""              # default data.reference selector (two-stream tasks)
+    target: str = ""                 # default data.target selector
+    evaluate: str = ""               # "module:function" (workdir, cfg, max_batches) -> eval dict; "" = held-out loss
+
+    def trainable_filter(self, cfg: ml_collections.ConfigDict) -> Any:
+        """The nnx filter of the variables the optimizer updates in the run ``cfg``."""
+        return self.trainable_fn(cfg) if self.trainable_fn is not None else self.trainable
+
+    def evaluator(self) -> Callable | None:
+        """The task's own evaluation function (imported on demand), or None for plain held-out loss."""
+        if not self.evaluate:
+            return None
+        module, _, fn = self.evaluate.partition(":")
+        return getattr(importlib.import_module(module), fn)
 
 
 def _lm_build(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
@@ -35,12 +59,59 @@ def _lm_loss(model: nnx.Module, batch: dict, key: jax.Array | None) -> tuple[jax
     return lm.loss_fn(model, batch["tokens"], key)
 
 
+# --- function alignment ------------------------------------------------------------------------------
+OFFICIAL_LORA = {"fa_self": (64, 128.0), "fa_cross": (16, 32.0)}  # (rank, alpha) per link kind (spec §4)
+
+
+def resolve_link(link: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of ``cfg.link`` with ``lora_rank``/``lora_alpha`` of 0 replaced by the kind's official values, so
+    ``--config.link.kind=fa_cross`` alone switches the link with its own LoRA size."""
+    out = ml_collections.ConfigDict(link.to_dict())
+    rank, alpha = OFFICIAL_LORA.get(out.kind, (out.lora_rank, out.lora_alpha))
+    if not out.lora_rank:
+        out.lora_rank = rank
+    if not out.lora_alpha:
+        out.lora_alpha = float(alpha) * out.lora_rank / rank  # the official alpha/rank ratio (2)
+    return out
+
+
+def _linked_build(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    from m4mjax import linked
+
+    if "link" not in cfg:
+        return linked.build(cfg, rngs)  # its error names the missing section
+    return linked.LinkedModel(cfg.model, resolve_link(cfg.link), rngs=rngs)
+
+
+def _linked_loss(model: nnx.Module, batch: dict, key: jax.Array | None) -> tuple[jax.Array, dict]:
+    from m4mjax import linked
+
+    return linked.loss_fn(model, batch, key)
+
+
+def _linked_trainable(cfg: ml_collections.ConfigDict) -> Any:
+    from m4mjax import linked
+
+    return linked.trainable(cfg)
+
+
+def linked_task(name: str, reference: str, target: str, evaluate: str = "") -> Task:
+    """A function-alignment task: linked model, loss on the target stream, trainable per ``link.train``."""
+    return Task(name, _linked_build, _linked_loss, streams=("reference", "target"), trainable_fn=_linked_trainable,
+                reference=reference, target=target, evaluate=evaluate)
+
+
 TASKS: dict[str, Task] = {
     "lm": Task("lm", _lm_build, _lm_loss),
+    # MIDI chord & metrical analysis: the music (tracks < 250) -> chord track (250) + beat track (251)
+    "analysis": linked_task("analysis", reference="music", target="labels", evaluate="m4mjax.analysis_eval:evaluate"),
 }
 
 
 def get_task(name: str) -> Task:
+    """The registered task ``name`` (config.task)."""
     if name not in TASKS:
-        raise ValueError(f"config.task={name!r} is not a task; known: {sorted(TASKS)}")
+        from m4mjax.run.cli import UserError
+
+        raise UserError(f"not a task; known: {sorted(TASKS)}", f"config.task={name!r}")
     return TASKS[name]

@@ -15,19 +15,15 @@ duration); the official sort put velocity first, which the no-velocity model can
 deviation). At most MAX_NOTES_PER_FRAME = 16 notes per frame (the official ``max_polyphony``), kept in
 track order when a file has more, so MAX_FRAME_TOKENS = 2*16 + 1 = 33.
 
-Labels written as music (spec §5): chord tracks (bass 36+pc, chord tones 48+pc, extensions 60+pc, program
-0, re-struck at every barline, eighth-note grid) and beat tracks (drums: 35 downbeat, 38 mid-bar, 42 every
-eighth), with the inverses used for evaluation.
+Labels written as music (chord and beat tracks) live in ``m4mjax.labels``.
 """
 from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
-import mir_eval.chord
 import numpy as np
 import symusic
 
@@ -164,8 +160,9 @@ def build_notes(raw: np.ndarray, name: str = "<notes>", max_notes_per_frame: int
     if len(raw) == 0:
         raise ValueError(f"{name}: no notes")
     if raw[:, FRAME].min() < 0 or raw[:, FRAME].max() + max(raw[:, DURATION].max(), 1) > MAX_SONG_FRAMES:
-        raise ValueError(f"{name}: absurd tick values (a note at 16th-note frame {int(raw[:, FRAME].max())}, "
-                         f"limit {MAX_SONG_FRAMES})")
+        bad = int(np.argmax(np.where(raw[:, FRAME] < 0, np.inf, raw[:, FRAME] + raw[:, DURATION])))
+        raise ValueError(f"{name}: absurd tick values (a note at 16th-note frame {int(raw[bad, FRAME])} lasting "
+                         f"{int(raw[bad, DURATION])} frames; a song must end before frame {MAX_SONG_FRAMES})")
     raw = raw.astype(np.int64)
     if raw[:, PITCH].min() < 0 or raw[:, PITCH].max() > 127:
         raise ValueError(f"{name}: pitch out of 0..127")
@@ -234,32 +231,85 @@ def tokens_to_notes(tokens: np.ndarray, start_frame: int = 0, velocity: int = 10
     return sort_notes(out)
 
 
-def notes_to_midi(notes: np.ndarray, path: str | os.PathLike | None = None, tpq: int = 480) -> symusic.Score:
-    """Build a symusic Score (one track per (track, instrument)); write it atomically when a path is given."""
+DEFAULT_QPM = 120.0  # what a player assumes when a file has no tempo event
+DEFAULT_TIME_SIGNATURE = (4, 4)
+
+
+def timing_of(score: symusic.Score, end_frame: int | None = None) -> dict[str, list[tuple]]:
+    """Tempo and time-signature changes of a score on its 16th-note frame grid, for ``notes_to_midi``.
+
+    ``{"tempos": [(frame, qpm)], "time_signatures": [(frame, numerator, denominator)]}``: the setting in force
+    at frame 0 first (120 qpm / 4/4 when the file has none), then the changes before ``end_frame``."""
+    if str(score.ttype) != "Tick":
+        score = score.to("tick")
+    tpq = max(int(score.ticks_per_quarter), 1)
+
+    def on_grid(events, value, default):
+        out = {0: default}
+        for e in sorted(events, key=lambda e: e.time):
+            f = max(int(np.floor(e.time * FRAMES_PER_QUARTER / tpq + 0.5)), 0)
+            if end_frame is None or f < end_frame:
+                out[f] = value(e)  # a later event at the same frame wins
+        return [(f, *v) for f, v in sorted(out.items())]
+
+    return {"tempos": on_grid(score.tempos, lambda e: (float(e.qpm),), (DEFAULT_QPM,)),
+            "time_signatures": on_grid(score.time_signatures, lambda e: (int(e.numerator), int(e.denominator)),
+                                       DEFAULT_TIME_SIGNATURE)}
+
+
+def notes_to_midi(notes: np.ndarray, path: str | os.PathLike | None = None, tpq: int = 480, *,
+                  tempos: Sequence[tuple[int, float]] = ((0, DEFAULT_QPM),),
+                  time_signatures: Sequence[tuple[int, int, int]] = ((0, *DEFAULT_TIME_SIGNATURE),),
+                  end_frame: int | None = None) -> symusic.Score:
+    """Build a symusic Score (one track per (track, instrument)); write it atomically when a path is given.
+
+    A note lasts its duration class's template (``DURATION_FRAMES``, as the official decoder). Tempo and
+    time-signature events are (frame, ...) tuples (see ``timing_of``). With ``end_frame`` the piece ends
+    there: later notes are dropped, notes that would ring past it are cut at it, and the file ends at it
+    (an "end" marker), so a player shows the length that was sampled."""
     notes = np.asarray(notes, np.int32).reshape(-1, len(NOTE_FIELDS))
     score = symusic.Score(tpq)
     step = tpq // FRAMES_PER_QUARTER
+    length = DURATION_FRAMES[notes[:, DURATION]].astype(np.int64)
+    if end_frame is not None:
+        keep = notes[:, FRAME] < end_frame
+        notes, length = notes[keep], np.minimum(length[keep], end_frame - notes[keep, FRAME])
+    for f, qpm in tempos:
+        score.tempos.append(symusic.Tempo(int(f) * step, qpm=float(qpm)))
+    for f, num, den in time_signatures:
+        score.time_signatures.append(symusic.TimeSignature(int(f) * step, int(num), int(den)))
+    if end_frame is not None:
+        score.markers.append(symusic.TextMeta(int(end_frame) * step, "end"))
     for tr, ins in sorted({(int(a), int(b)) for a, b in notes[:, [TRACK, INSTRUMENT]]}):
-        sel = notes[(notes[:, TRACK] == tr) & (notes[:, INSTRUMENT] == ins)]
+        sel = (notes[:, TRACK] == tr) & (notes[:, INSTRUMENT] == ins)
         track = symusic.Track(name=f"track{tr}" + ("-drums" if ins == DRUM else f"-program{ins}"),
                               program=0 if ins == DRUM else ins, is_drum=ins == DRUM)
         track.notes = symusic.Note.from_numpy(
-            time=(sel[:, FRAME] * step).astype(np.int32), duration=(DURATION_FRAMES[sel[:, DURATION]] * step).astype(np.int32),
-            pitch=sel[:, PITCH].astype(np.int8), velocity=np.clip(sel[:, VELOCITY], 1, 127).astype(np.int8))
+            time=(notes[sel, FRAME] * step).astype(np.int32), duration=(length[sel] * step).astype(np.int32),
+            pitch=notes[sel, PITCH].astype(np.int8), velocity=np.clip(notes[sel, VELOCITY], 1, 127).astype(np.int8))
         score.tracks.append(track)
     if path is not None:
+        from m4mjax.run.io import atomic_path
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        os.close(fd)
-        try:
-            score.dump_midi(tmp)
+        with atomic_path(path) as tmp:
+            Path(tmp).write_bytes(_end_tracks_at_last_event(score.dumps_midi()))
             os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
     return score
+
+
+def _end_tracks_at_last_event(data: bytes) -> bytes:
+    """symusic puts each End-of-Track 1 tick after the track's last event; move it onto that event (delta 0)
+    so the file ends exactly at the last event (same length: the one-byte delta 1 becomes 0)."""
+    out, pos = bytearray(data), 8 + struct.unpack(">I", data[4:8])[0]
+    while pos + 8 <= len(out):
+        n = struct.unpack(">I", out[pos + 4:pos + 8])[0]
+        tail = pos + 8 + n - 4
+        if out[pos:pos + 4] == b"MTrk" and out[tail:tail + 4] == b"\x01\xff\x2f\x00":
+            out[tail] = 0
+        pos += 8 + n
+    return bytes(out)
 
 
 # ---------------------------------------------------------------------------------------------- augmentation
@@ -280,128 +330,3 @@ def pitch_shift(notes: np.ndarray, k: int) -> np.ndarray:
         raise ValueError(f"pitch shift {k} moves notes out of 0..127 (valid range {pitch_shift_range(notes, -127, 127)})")
     return out
 
-
-# ------------------------------------------------------------------------------------------ labels as music
-BASS_LOW, TONE_LOW, EXT_LOW = 36, 48, 60
-_NAMES = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
-_DEGREES = ["1", "b2", "2", "b3", "3", "4", "b5", "5", "b6", "6", "b7", "7"]
-_EXT_DEGREES = {1: "b9", 2: "9", 3: "#9", 5: "11", 6: "#11", 8: "b13", 9: "13"}
-_QUALITY_ORDER = ["maj", "min", "7", "min7", "maj7", "dim", "aug", "dim7", "hdim7", "minmaj7", "maj6", "min6",
-                  "sus4", "sus2", "5", "1"]
-_QUALITY_BITMAPS = {q: mir_eval.chord.quality_to_bitmap(q) for q in _QUALITY_ORDER}
-
-
-def chord_pitches(label: str) -> list[int]:
-    """MIDI pitches of one chord label (mir_eval syntax): bass 36+pc, tones 48+pc, extensions 60+pc."""
-    try:
-        root, tones, bass = mir_eval.chord.encode(label)
-        _, full, _ = mir_eval.chord.encode(label, reduce_extended_chords=True)
-    except mir_eval.chord.InvalidChordException as e:
-        raise ValueError(f"bad chord label {label!r}: {e}") from None
-    if root < 0:
-        return []
-    tones, full = np.roll(tones, root), np.roll(full, root)
-    return ([BASS_LOW + (root + bass) % 12] + [TONE_LOW + i for i in range(12) if tones[i] > 0]
-            + [EXT_LOW + i for i in range(12) if full[i] > 0 and tones[i] <= 0])
-
-
-def chord_track(chords: Sequence[tuple[int, int, str]], bar_frames: int = 16, offset: int = 0, grid: int = 2,
-                instrument: int = 0, track: int = 1, velocity: int = 100) -> np.ndarray:
-    """Render (start_frame, end_frame, label) chords as notes, re-struck at every barline, on a ``grid`` frame grid."""
-    rows = []
-    for start, end, label in chords:
-        pitches = chord_pitches(label)
-        s, e = int(round(start / grid)) * grid, int(round(end / grid)) * grid
-        if not pitches or e <= s:
-            continue
-        first_bar = -(-(s - offset) // bar_frames)
-        cuts = [s] + [offset + b * bar_frames for b in range(first_bar, (e - offset - 1) // bar_frames + 1)
-                      if s < offset + b * bar_frames < e] + [e]
-        for a, b in zip(cuts[:-1], cuts[1:]):
-            dur = int(duration_class(b - a))
-            rows += [(a, instrument, p, dur, velocity, track) for p in pitches]
-    return sort_notes(np.array(rows, np.int32)) if rows else empty_notes()
-
-
-def _label_from_pitches(pitches: np.ndarray) -> str:
-    """Name the chord of one onset group on the chord-track layout (root from templates, prefer bass = root)."""
-    bass_n = pitches[(pitches >= BASS_LOW) & (pitches < TONE_LOW)]
-    tone_pc = sorted({int(p) % 12 for p in pitches[(pitches >= TONE_LOW) & (pitches < EXT_LOW)]})
-    ext_pc = sorted({int(p) % 12 for p in pitches[(pitches >= EXT_LOW) & (pitches < EXT_LOW + 12)]})
-    if not tone_pc:
-        return "N"
-    bass = int(bass_n.min()) % 12 if len(bass_n) else tone_pc[0]
-    tone_map = np.zeros(12, int)
-    tone_map[tone_pc] = 1
-    best = None
-    for rank, q in enumerate(_QUALITY_ORDER):
-        for root in range(12):
-            if np.array_equal(np.roll(_QUALITY_BITMAPS[q], root), tone_map):
-                score = (root != bass, rank)
-                if best is None or score < best[0]:
-                    best = (score, root, q)
-    if best is None:
-        root, quality = bass, "(" + ",".join(_DEGREES[(pc - bass) % 12] for pc in tone_pc) + ")"
-    else:
-        _, root, quality = best
-    exts = [_EXT_DEGREES.get((pc - root) % 12, _DEGREES[(pc - root) % 12]) for pc in ext_pc]
-    if exts:
-        quality = quality[:-1] + "," + ",".join(exts) + ")" if quality.endswith(")") else quality + "(" + ",".join(exts) + ")"
-    label = f"{_NAMES[root]}:{quality}"
-    if bass != root:
-        label += "/" + _DEGREES[(bass - root) % 12]
-    return label
-
-
-def notes_to_chords(notes: np.ndarray, track: int | None = None, n_frames: int | None = None
-                    ) -> list[tuple[int, int, str]]:
-    """Read a chord track back as merged (start_frame, end_frame, label) intervals; gaps are 'N'."""
-    sel = notes[(notes[:, INSTRUMENT] != DRUM) & (notes[:, PITCH] >= BASS_LOW) & (notes[:, PITCH] < EXT_LOW + 12)]
-    if track is not None:
-        sel = sel[sel[:, TRACK] == track]
-    sel = sel[np.argsort(sel[:, FRAME], kind="stable")]
-    onsets = np.unique(sel[:, FRAME])
-    out: list[tuple[int, int, str]] = []
-    for i, t in enumerate(onsets):
-        group = sel[sel[:, FRAME] == t]
-        end = int(t + DURATION_FRAMES[group[:, DURATION]].max())
-        if i + 1 < len(onsets):
-            end = min(end, int(onsets[i + 1]))
-        label = _label_from_pitches(group[:, PITCH])
-        if out and out[-1][1] < t:
-            out.append((out[-1][1], int(t), "N"))
-        if out and out[-1][2] == label and out[-1][1] == t:
-            out[-1] = (out[-1][0], end, label)
-        else:
-            out.append((int(t), end, label))
-    if n_frames is not None and out and out[-1][1] < n_frames:
-        out.append((out[-1][1], n_frames, "N"))
-    return out
-
-
-BEAT_DOWN, BEAT_MID, BEAT_EIGHTH = 35, 38, 42
-
-
-def beat_track(n_frames: int, beats_per_bar: int = 4, frames_per_beat: int = FRAMES_PER_QUARTER, offset: int = 0,
-               track: int = 0, velocity: int = 100) -> np.ndarray:
-    """Drum notes marking the metre: 35 on downbeats, 38 at mid-bar (eighth grid), 42 on every eighth."""
-    bar = beats_per_bar * frames_per_beat
-    eighth = max(frames_per_beat // 2, 1)
-    rows = []
-    d1 = int(duration_class(eighth))
-    for t in range(offset, n_frames, eighth):
-        rows.append((t, DRUM, BEAT_EIGHTH, d1, velocity, track))
-    for b in range(offset, n_frames, bar):
-        rows.append((b, DRUM, BEAT_DOWN, d1, velocity, track))
-        mid = b + (bar // (2 * eighth)) * eighth
-        if mid < n_frames and mid != b:
-            rows.append((mid, DRUM, BEAT_MID, d1, velocity, track))
-    return sort_notes(np.array(rows, np.int32)) if rows else empty_notes()
-
-
-def notes_to_downbeats(notes: np.ndarray, track: int | None = None) -> np.ndarray:
-    """Frames of downbeat markers (drum pitch 35) of a beat track, sorted and unique."""
-    sel = notes[(notes[:, INSTRUMENT] == DRUM) & (notes[:, PITCH] == BEAT_DOWN)]
-    if track is not None:
-        sel = sel[sel[:, TRACK] == track]
-    return np.unique(sel[:, FRAME])

@@ -13,10 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags
+from absl import flags
 from flax import nnx
 
-from m4mjax.run import checkpoint, cli
+from m4mjax.run import checkpoint, cli, io
 from symmetry import audio, config as config_lib, data as data_lib, metrics, step as step_lib
 
 FLAGS = flags.FLAGS
@@ -27,6 +27,20 @@ def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Run directory written by symmetry.train.", required=True)
     flags.DEFINE_string("soundfont", "", "Evaluate on this (unseen) soundfont instead of the run's test split.")
     flags.DEFINE_string("out", "", "Output JSON (default W/eval.json, or W/eval_<soundfont>.json).")
+    cli.check_nonempty_flag("workdir")
+    cli.check_file_flag("soundfont")
+    cli.check_flag("soundfont", lambda p: not p or not os.path.isfile(p) or _is_soundfont(p),
+                   "not a SoundFont file (no RIFF sfbk header)")
+
+
+def _is_soundfont(path: str) -> bool:
+    """SoundFont 2/3 files start with RIFF <size> sfbk (checked before FluidSynth prints its own errors)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    return head[:4] == b"RIFF" and head[8:12] == b"sfbk"
 
 
 def load_seeds(workdir: str):
@@ -34,9 +48,7 @@ def load_seeds(workdir: str):
     cfg = cli.load_config(workdir)
     mcfg = config_lib.model_config(cfg)
     abstract = jax.eval_shape(lambda: step_lib.init_state(mcfg, cfg.num_seeds, jax.random.key(0), None, cfg.seed))
-    params = jax.tree.map(lambda a: a, abstract.params)
-    nnx.replace_by_pure_dict(params, checkpoint.load_params(workdir))
-    return cfg, mcfg, abstract.graphdef, params
+    return cfg, mcfg, abstract.graphdef, checkpoint.restore_params(workdir, abstract.params)
 
 
 def _mean_std(v) -> dict:
@@ -109,11 +121,9 @@ def evaluate(workdir: str, soundfont: str = "", out: str = "") -> dict:
     }
     tag = "" if not soundfont else "_" + os.path.splitext(os.path.basename(soundfont))[0]
     out = out or os.path.join(workdir, f"eval{tag}.json")
-    cli.atomic_write_text(out, json.dumps(result, indent=2))
-    lat = os.path.join(workdir, f"eval_latents{tag}.npz")
-    np.savez(lat + ".tmp.npz", start_pitch=ds["start_pitch"][scored], z_first=z_first,
-             sweep_z=syn["z"], sweep_pitch=syn["pitch"])
-    os.replace(lat + ".tmp.npz", lat)
+    io.atomic_write(out, json.dumps(result, indent=2))
+    with io.atomic_path(os.path.join(workdir, f"eval_latents{tag}.npz")) as tmp, open(tmp, "wb") as f:
+        np.savez(f, start_pitch=ds["start_pitch"][scored], z_first=z_first, sweep_z=syn["z"], sweep_pitch=syn["pitch"])
     print(f"{split}: embedding R² {result['embedding_r2']['mean']:.3f} ± {result['embedding_r2']['std']:.3f}  "
           f"synthesis R² {result['synthesis_r2']['mean']:.3f} ± {result['synthesis_r2']['std']:.3f}  -> {out}")
     return result
@@ -126,4 +136,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run_main(main, "symmetry.evaluate")

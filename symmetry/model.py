@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-import m4mjax.run.mesh  # noqa: F401  (switches Flax eager sharding off before modules are built)
+from m4mjax.run import mesh as mesh_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +108,7 @@ def ball_config(**overrides: Any) -> SPSConfig:
 # Layers
 
 def _param(rngs: nnx.Rngs, init, shape, names) -> nnx.Param:
+    mesh_lib.configure_flax()  # we place variables ourselves: no eager sharding by Flax
     return nnx.Param(nnx.with_partitioning(init, names)(rngs.params(), shape))
 
 
@@ -273,6 +274,7 @@ def _nnx_inits(torch_init: bool, fan_in: int, channel_axis: int) -> dict:
     """kernel_init / bias_init for nnx.Conv(Transpose) with the 'channels' logical axis on ``channel_axis``."""
     kinit, binit = _inits(torch_init, fan_in)
     names = tuple("channels" if i == channel_axis else None for i in range(4))
+    mesh_lib.configure_flax()
     return dict(kernel_init=nnx.with_partitioning(kinit, names), bias_init=binit)
 
 

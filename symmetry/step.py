@@ -114,11 +114,6 @@ def make_train_step(cfg: SPSConfig, state: SPSState | None = None) -> Callable:
     return jax.jit(train_step, donate_argnums=0, out_shardings=out_shardings)
 
 
-def model_for_seed(state: SPSState, seed: int) -> SPSModel:
-    """The NNX model of one seed (position ``seed`` on the seed axis), e.g. for evaluation."""
-    return nnx.merge(state.graphdef, jax.tree.map(lambda a: a[seed], state.params))
-
-
 def select_seeds(state: SPSState, index) -> SPSState:
     """Sub-state of some seeds (int array / slice along the seed axis), ids preserved."""
     return jax.tree.map(lambda a: a[index], state)

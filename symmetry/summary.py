@@ -22,12 +22,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from experiments.symmetry.sps_audio import GROUPS
+from m4mjax.run import io
+from symmetry.config import GROUPS, LABELS
 
-LABELS = {  # the paper's row names (spec §7.5)
-    "sps_vae_k4": "SPS_VAE, K=4 (ours)", "sps_ae_k4": "SPS_AE, K=4 (ours)",
-    "vae_k0": "SPS_VAE, K=0 (ablation)", "ae_k0": "SPS_AE, K=0 (ablation)", "beta_vae": "β-VAE (baseline)",
-}
 TABLE_A = (("embedding_r2", "Embedding R²"), ("synthesis_r2", "Synthesis R²"))
 TABLE_B = (("self_recon_bce", "L_self-recon (BCE)"), ("prior_recon_bce", "L_prior-recon (BCE)"),
            ("prior_z_mse", "L_prior-z (MSE)"))
@@ -253,9 +250,8 @@ def write_figure(cols: list[tuple[str, list[dict]]], path: str, title: str = "")
     fig = Figure(figsize=(2.6 * max(len(cols), 1) + 1.4, 5.6), dpi=120)
     FigureCanvasAgg(fig)
     draw_latent_vs_pitch(fig, cols, title)
-    tmp = f"{path}.tmp{os.getpid()}"
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 def summarize(root: str, out: str = "") -> str:
@@ -272,10 +268,7 @@ def summarize(root: str, out: str = "") -> str:
             split = sorted({run.evals.get(tag, {}).get("split", "?") for r in rows for run in r.runs})
             write_figure(cols, os.path.join(out, name), f"{', '.join(split)} split" + (f", soundfont {tag}" if tag else ""))
     text = summary_markdown(rows, problems, root)
-    tmp = os.path.join(out, f"summary.md.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, os.path.join(out, "summary.md"))
+    io.atomic_write(os.path.join(out, "summary.md"), text)
     return text
 
 
@@ -391,14 +384,21 @@ def loss_curves(rows: Sequence[dict], key: str = "train/loss") -> tuple[np.ndarr
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from m4mjax.run import cli
+
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", help="directory holding SPS workdirs (e.g. workdirs/sweeps)")
     p.add_argument("--out", default="", help="output directory (default: ROOT)")
-    a = p.parse_args(argv)
-    try:
-        text = summarize(a.root, a.out)
-    except ValueError as e:
-        sys.exit(str(e))
+    with cli.report_errors("symmetry.summary"):
+        a = p.parse_args(argv)
+        if not os.path.isdir(a.root):
+            raise cli.UserError("no such directory", a.root)
+        if a.out and os.path.exists(a.out) and not os.path.isdir(a.out):
+            raise cli.UserError("not a directory", f"--out={a.out}")
+        try:
+            text = summarize(a.root, a.out)
+        except ValueError as e:  # summarize's messages name the root / workdir at fault
+            raise cli.UserError(str(e).removeprefix("summary: ")) from e
     print(text)
     print(f"wrote {os.path.join(a.out or a.root, 'summary.md')} and latent_vs_pitch*.png", file=sys.stderr)
 

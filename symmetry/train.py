@@ -29,11 +29,6 @@ def load_train_data(cfg: ml_collections.ConfigDict, mcfg) -> np.ndarray:
     return x
 
 
-def abstract_state(cfg, mcfg, mesh):
-    """Shape/sharding skeleton of the stacked state (for restore onto any mesh)."""
-    return jax.eval_shape(lambda: step_lib.init_state(mcfg, cfg.num_seeds, jax.random.key(0), mesh, cfg.seed))
-
-
 def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -> dict:
     cli.setup_workdir(workdir, cfg)
     mcfg = config_lib.model_config(cfg)
@@ -45,30 +40,26 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -
         if dry_run:
             data = jax.ShapeDtypeStruct((max(mcfg.batch_size, 26), 15, mcfg.freq_bins, mcfg.frames), jnp.float32)
             compiled = step_fn.lower(state, data, jnp.int32(0), key).compile()
-            from m4mjax.train import per_device_bytes
             info = {"seeds": cfg.num_seeds, "mesh": dict(mesh.shape),
-                    "param_bytes_per_device": per_device_bytes(state.params),
-                    "optimizer_bytes_per_device": per_device_bytes(state.opt_state),
+                    "param_bytes_per_device": mesh_lib.per_device_bytes(state.params),
+                    "optimizer_bytes_per_device": mesh_lib.per_device_bytes(state.opt_state),
                     "compiled": compiled is not None}
             print(json.dumps(info, indent=2))
             return info
         data = jax.device_put(load_train_data(cfg, mcfg), step_lib.replicated(mesh))
         ckpt = checkpoint.Checkpointer(workdir, cfg.train.ckpt_every, cfg.train.ckpt_keep)
         start = 0
-        shard = lambda t: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), t)  # noqa: E731
-        restored = ckpt.restore({"params": shard(state.params).to_pure_dict(), "opt": shard(state.opt_state)})
+        restored = ckpt.restore({"params": state.params, "opt": state.opt_state})  # onto their shardings
         if restored is not None:
             start, items, _ = restored
-            params = jax.tree.map(lambda x: x, state.params)
-            nnx.replace_by_pure_dict(params, items["params"])
-            state = state.replace(params=params, opt_state=items["opt"])
+            state = state.replace(params=items["params"], opt_state=items["opt"])
             print(f"resumed from step {start}", file=sys.stderr)
         progress = metrics_lib.Progress(cfg.train.steps, start, cfg.num_seeds, "seed-steps")
         tail = loop.StepTail(workdir, cfg.train.steps, start, cfg.train.log_every, ckpt, progress)
         for it in range(start, cfg.train.steps):
             state, m = step_fn(state, data, jnp.int32(it), jax.random.fold_in(key, it))
             if tail(it + 1, m, lambda: _loss_summary(m),
-                    lambda: {"params": state.params.to_pure_dict(), "opt": state.opt_state}):
+                    lambda: {"params": nnx.to_pure_dict(state.params), "opt": state.opt_state}):
                 break
         tail.close()
         return tail.last

@@ -136,3 +136,17 @@ def test_record_format_and_wad_reader(tmp_path):
     assert len(sources.load_item(items[0])[0]["notes"]) == 16
     with pytest.raises(ValueError, match="not a WAD"):
         sources.wad_lumps(midi)
+
+
+def test_data_name_may_be_the_prepared_folder(prepared, tmp_path, monkeypatch):
+    """README: `prepare --out=data/mine`, then `--config.data.name=data/mine` (a path, relative to the cwd)."""
+    want = [b["tokens"] for b in pipeline.make_dataset(_cfg(prepared, reference="", target=""), "test", seed=0)]
+    monkeypatch.chdir(prepared.parent)
+    cfg = _cfg(prepared, name=prepared.name, dir="data/tfds", reference="", target="")  # data.dir left default
+    got = [b["tokens"] for b in pipeline.make_dataset(cfg, "test", seed=0)]
+    assert len(got) == len(want) > 0 and all(np.array_equal(a, b) for a, b in zip(got, want))
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(ValueError, match="plain.*not one written by `python -m m4mjax.prepare`"):
+        pipeline.make_dataset(_cfg(prepared, name=str(tmp_path / "plain")), "test", seed=0)
+    with pytest.raises(ValueError, match="nope.*no such folder"):
+        pipeline.make_dataset(_cfg(prepared, name=str(tmp_path / "nope")), "test", seed=0)

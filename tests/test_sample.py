@@ -93,3 +93,98 @@ def test_top_p_keeps_only_the_nucleus():
     assert set(np.unique(draws)) == {0, 1}
     greedy = sample_logits(logits, jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0))
     assert int(greedy[0]) == 0
+
+
+# ------------------------------------------------------------------------------------ the written MIDI file
+# Hand-written from the official DURATION_TEMPLATES (16th-note frames per duration class).
+CLASS_FRAMES = {0: 1, 3: 4, 7: 16, 19: 1024}
+
+
+def _row(pairs, L=33):
+    """One frame's token row: (instrument, pitch, duration class) notes, then EOS, then PAD."""
+    row = [x for ins, p, d in pairs for x in (ins, p + (d + 1) * 128)] + [3329]
+    return row + [3330] * (L - len(row))
+
+
+def _prompt_midi(path):
+    """A hand-made prompt: 90 qpm and 3/4 at the start, 100 qpm from beat 3 (frame 8), 4/4 only at frame 40."""
+    import symusic
+
+    s = symusic.Score(96)
+    s.tempos.extend([symusic.Tempo(0, qpm=90.0), symusic.Tempo(2 * 96, qpm=100.0)])
+    s.time_signatures.extend([symusic.TimeSignature(0, 3, 4), symusic.TimeSignature(10 * 96, 4, 4)])
+    t = symusic.Track(program=33)
+    for q in range(12):  # a quarter note on every beat, 48 frames
+        t.notes.append(symusic.Note(q * 96, 96, 40 + q, 90))
+    s.tracks.append(t)
+    s.dump_midi(str(path))
+
+
+def test_sampled_file_has_prompt_timing_cut_notes_and_sampled_length(tmp_path):
+    from m4mjax.sample import load_prompt, write_samples
+    from smf import read_smf
+
+    _prompt_midi(tmp_path / "prompt.mid")
+    prompt, timing = load_prompt(str(tmp_path / "prompt.mid"), 16, 33)
+    assert prompt.shape == (16, 33)
+    # the prompt's 4 quarter notes (class 3 = 4 frames) at frames 0, 4, 8, 12, program 33
+    assert [list(prompt[f, :3]) for f in (0, 4)] == [[33, 40 + 4 * 128, 3329], [33, 41 + 4 * 128, 3329]]
+    sampled = [_row([])] * 8
+    sampled[4] = _row([(33, 30, 19), (0, 72, 7)])  # frame 20: a 1024-frame bass note and a 16-frame note
+    sampled[6] = _row([(127, 36, 0), (0, 60, 3)])  # frame 22: a drum hit (1 frame) and a 4-frame note
+    tokens = np.concatenate([prompt, np.array(sampled, np.int32)])[None].repeat(2, 0)
+    paths = write_samples(tokens, str(tmp_path / "out.mid"), timing)
+    assert paths == [str(tmp_path / "out.mid"), str(tmp_path / "out_1.mid")]
+    for p in paths:
+        smf = read_smf(p)
+        tick = smf.tpq // 4  # ticks per frame
+        assert smf.tempos == [(0, 666667), (8 * tick, 600000)]  # 90 then 100 qpm, in microseconds per quarter
+        assert smf.time_signatures == [(0, 3, 4)]               # the 4/4 at frame 40 is past the prompt
+        assert smf.end == 24 * tick                             # 16 prompt + 8 sampled frames, not a note more
+        got = sorted((pitch, on // tick, (off - on) // tick) for ch, pitch, on, off in smf.notes)
+        want = sorted([(40 + q, 4 * q, 4) for q in range(4)] + [(30, 20, 4), (72, 20, 4), (36, 22, 1), (60, 22, 2)])
+        assert got == want
+        for pitch, on, length in got:
+            cls = {30: 19, 72: 7, 36: 0, 60: 3}.get(pitch, 3)
+            assert length <= CLASS_FRAMES[cls]
+        assert all(off <= smf.end for *_, off in smf.notes)
+
+
+def test_sampled_file_without_prompt_is_120_qpm_4_4(tmp_path):
+    from m4mjax.sample import write_samples
+    from smf import read_smf
+
+    tokens = np.array([_row([(0, 60, 19)])] + [_row([])] * 3, np.int32)[None]
+    (path,) = write_samples(tokens, str(tmp_path / "s.mid"))
+    smf = read_smf(path)
+    assert smf.tempos == [(0, 500000)] and smf.time_signatures == [(0, 4, 4)]
+    assert smf.end == 4 * smf.tpq // 4 and smf.notes == [(0, 60, 0, smf.end)]
+
+
+@pytest.mark.slow  # trains a :tiny run (~1 min on 2 busy cores); the writer itself is tested above
+def test_sample_command_writes_playable_midi(tmp_path):
+    """`python -m m4mjax.sample --prompt=...` on a trained :tiny run: the prompt's tempo and metre, the file
+    ends at prompt + sampled frames, no note outlasts its duration class."""
+    import subprocess
+    import sys
+
+    from m4m_fixtures import REPO, tiny_config, write_song
+    from m4mjax import prepare, train as train_lib
+    from smf import read_smf
+
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        write_song(tmp_path / "midi" / f"s{i}.mid", rng, n_frames=64)
+    prepare.prepare(tmp_path / "midi", tmp_path / "prepared", workers=1, shard_size=8, progress=False)
+    wd = tmp_path / "run"
+    train_lib.train(tiny_config(tmp_path / "prepared", **{"train.steps": 1, "train.eval_every": 0}), str(wd))
+    _prompt_midi(tmp_path / "prompt.mid")
+    r = subprocess.run([sys.executable, "-m", "m4mjax.sample", f"--workdir={wd}", f"--prompt={tmp_path}/prompt.mid",
+                        f"--out={tmp_path}/s.mid", "--prompt_frames=16", "--n_frames=6"], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    smf = read_smf(tmp_path / "s.mid")
+    tick = smf.tpq // 4
+    assert smf.tempos == [(0, 666667), (8 * tick, 600000)] and smf.time_signatures == [(0, 3, 4)]
+    assert smf.end == 22 * tick
+    assert all(off - on <= 1024 * tick and off <= smf.end for _, _, on, off in smf.notes)

@@ -1,7 +1,6 @@
-"""Tokenizer: round trip on the 16th grid, every malformed-MIDI case, labels as music."""
+"""Tokenizer: round trip on the 16th grid, every malformed-MIDI case (labels as music: test_labels.py)."""
 import struct
 
-import mir_eval.chord
 import numpy as np
 import pytest
 import symusic
@@ -123,40 +122,40 @@ def test_missing_file(tmp_path):
         tok.load_midi(tmp_path / "nope.mid")
 
 
-LABELS = ["A:min", "C:maj", "C:maj/3", "G:7", "D:min7", "F:maj7", "B:dim", "Eb:aug", "F#:hdim7", "E:dim7",
-          "G:7(9)", "C:maj9", "D:min9", "Bb:sus4", "C:min/b3", "A:maj6", "C:13"]
+
+def test_duration_classes_match_official_templates():
+    """Class c decodes to the official DURATION_TEMPLATES[c] frames; lengths go to the nearest (ties shorter)."""
+    assert tok.DURATION_FRAMES.tolist() == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512,
+                                            768, 1024, 1536, 2048, 3072, 4096]
+    assert tok.duration_class(np.array([0, 1, 2, 5, 7, 10, 1000, 1280, 1281, 10 ** 6])).tolist() == [
+        0, 0, 1, 3, 4, 5, 19, 19, 20, 23]
 
 
-def test_chord_pitches_match_spec_example():
-    assert tok.chord_pitches("A:min") == [45, 48, 52, 57]
-    assert tok.chord_pitches("N") == []
+def test_timing_of_reads_tempo_and_metre_on_the_frame_grid():
+    s = symusic.Score(96)
+    s.tempos.extend([symusic.Tempo(0, mspq=800000), symusic.Tempo(96 * 3, mspq=500000),
+                     symusic.Tempo(96 * 8, mspq=400000)])
+    s.time_signatures.extend([symusic.TimeSignature(0, 6, 8), symusic.TimeSignature(96 * 6, 2, 4)])
+    t = tok.timing_of(s, end_frame=32)  # 8 quarters: the change at quarter 8 is not in the window
+    assert [(f, round(60e6 / q)) for f, q in t["tempos"]] == [(0, 800000), (12, 500000)]
+    assert t["time_signatures"] == [(0, 6, 8), (24, 2, 4)]
+    assert tok.timing_of(symusic.Score(96)) == {"tempos": [(0, 120.0)], "time_signatures": [(0, 4, 4)]}
 
 
-def test_chord_track_round_trip():
-    chords = [(8 * i, 8 * i + 8, lab) for i, lab in enumerate(LABELS)] + [(200, 232, "C:maj")]
-    notes = tok.chord_track(chords, bar_frames=16)
-    back = tok.notes_to_chords(notes)
-    got = {s: lab for s, e, lab in back}
-    for start, _, lab in chords:
-        for reduce in (False, True):
-            a = mir_eval.chord.encode(lab, reduce_extended_chords=reduce)
-            b = mir_eval.chord.encode(got[start], reduce_extended_chords=reduce)
-            assert a[0] == b[0] and (a[1] == b[1]).all() and a[2] == b[2], (lab, got[start])
-    assert (136, 200, "N") in back  # the gap
-    # re-struck at barlines 208, 224; merged back into one interval
-    assert set(notes[notes[:, tok.FRAME] >= 200, tok.FRAME].tolist()) == {200, 208, 224}
-    assert back[-1] == (200, 232, "C:maj")
-    intervals = np.array([[s, e] for s, e, _ in back], float)
-    scores = mir_eval.chord.evaluate(intervals, [l for *_, l in back], intervals, [l for *_, l in back])
-    assert scores["majmin"] == pytest.approx(1.0)
+def test_notes_to_midi_writes_timing_and_ends_at_end_frame(tmp_path):
+    from smf import read_smf
 
-
-def test_beat_track_round_trip():
-    notes = tok.beat_track(96, beats_per_bar=3, offset=4)
-    assert tok.notes_to_downbeats(notes).tolist() == [4, 16, 28, 40, 52, 64, 76, 88]
-    assert set(notes[notes[:, tok.PITCH] == 38, tok.FRAME] - 4) <= set(range(6, 96, 12))
-    assert (notes[:, tok.INSTRUMENT] == tok.DRUM).all()
-    assert len(notes[notes[:, tok.PITCH] == 42]) == 46  # every eighth from frame 4
-    # through MIDI and back
-    again, _ = tok.midi_to_notes(tok.notes_to_midi(notes), name="beats")
-    assert tok.notes_to_downbeats(again).tolist() == tok.notes_to_downbeats(notes).tolist()
+    notes = np.array([[0, 0, 60, 19, 100, 0],    # 1024 frames: cut at frame 12
+                      [4, 5, 62, 3, 100, 0],     # 4 frames: ends at 8
+                      [10, tok.DRUM, 36, 2, 100, 1],  # 3 frames: cut at 12
+                      [12, 0, 64, 0, 100, 0]], np.int32)  # at the end: dropped
+    tok.notes_to_midi(notes, tmp_path / "x.mid", 96, tempos=[(0, 75.0)], time_signatures=[(0, 5, 4), (8, 7, 8)],
+                      end_frame=12)
+    smf = read_smf(tmp_path / "x.mid")
+    assert smf.tpq == 96 and smf.tempos == [(0, 800000)] and smf.time_signatures == [(0, 5, 4), (8 * 24, 7, 8)]
+    assert sorted((ch, p, on // 24, off // 24) for ch, p, on, off in smf.notes) == [
+        (0, 60, 0, 12), (1, 62, 4, 8), (9, 36, 10, 12)]
+    assert smf.end == 12 * 24
+    tok.notes_to_midi(notes[:2], tmp_path / "y.mid", 96)  # no end given: notes keep their full class length
+    smf = read_smf(tmp_path / "y.mid")
+    assert smf.tempos == [(0, 500000)] and smf.time_signatures == [(0, 4, 4)] and smf.end == 1024 * 24

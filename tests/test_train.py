@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from m4m_fixtures import REPO, prepared_dir, tiny_config  # noqa: F401  (session fixture)
-from m4mjax import train as train_lib
-from m4mjax.run import checkpoint, mesh as mesh_lib, metrics
+from m4mjax import steps as steps_lib, train as train_lib
+from m4mjax.run import checkpoint, cli, mesh as mesh_lib, metrics
 
 
 def _losses(workdir) -> dict[int, float]:
@@ -43,7 +43,7 @@ def test_large_parameters_are_sharded_and_dry_run(prepared_dir, tmp_path, capsys
     cfg.mesh.update(data=1, fsdp=4, tensor=2)
     mesh = mesh_lib.make_mesh(cfg.mesh)
     with mesh_lib.use_mesh(mesh):
-        s = train_lib.Setup(cfg, mesh)
+        s = steps_lib.Setup(cfg, mesh)
     for path, x in jax.tree_util.tree_leaves_with_path(s.abstract[0]):
         if x.size >= 4096:  # "large": >= 16 KiB in f32 (the 3,331-entry head bias is not)
             assert x.sharding.shard_shape(x.shape) != x.shape, f"{jax.tree_util.keystr(path)} {x.shape} replicated"
@@ -69,9 +69,11 @@ def test_checkpoint_round_trip_onto_another_mesh(tmp_path):
     assert step == 5 and data == {"pos": 7}
     assert items["params"]["w"].sharding == sh
     np.testing.assert_array_equal(items["params"]["w"], x["w"])
-    np.testing.assert_array_equal(checkpoint.load_params(str(tmp_path))["w"], x["w"])
-    with pytest.raises(ValueError, match="no checkpoints"):
-        checkpoint.load_params(str(tmp_path / "nowhere"))
+    np.testing.assert_array_equal(checkpoint.restore_params(str(tmp_path))["w"], x["w"])  # latest = step 6
+    with pytest.raises(cli.UserError, match="no such run directory"):
+        checkpoint.restore_params(str(tmp_path / "nowhere"))
+    with pytest.raises(cli.UserError, match="does not match the model"):
+        checkpoint.restore_params(str(tmp_path), {"w": jax.ShapeDtypeStruct((8, 4), jnp.float32)})
 
 
 def _cmd(prepared, workdir, *extra):
@@ -103,6 +105,8 @@ def test_resume_after_kill_matches_uninterrupted(prepared_dir, tmp_path):
     assert resumed >= 10 and resumed % 5 == 0
     a, b = _losses(ref), _losses(wd)
     assert b[60] == pytest.approx(a[60], rel=1e-5)
+    logged = [r["step"] for r in metrics.read_metrics(str(wd)) if "train/loss" in r]
+    assert logged == list(range(1, 61))  # rows logged between the checkpoint and the kill are not doubled
 
 
 def test_config_typo_names_the_key(prepared_dir, tmp_path):
@@ -118,6 +122,7 @@ def test_evaluate_and_sample_entry_points(prepared_dir, tmp_path):
     train_lib.train(tiny_config(prepared_dir), str(wd))
     out = evaluate.evaluate(str(wd), ("valid", "test"))
     assert json.loads((wd / "eval.json").read_text())["test"]["tokens"] == out["test"]["tokens"] > 0
+    assert out["valid"]["windows"] == out["valid"]["windows_total"] and out["valid"]["covers"].startswith("all ")
     for split in ("valid", "test"):
         assert np.isfinite(out[split]["loss"]) and out[split]["unigram_perplexity"] > 1
     r = subprocess.run([sys.executable, "-m", "m4mjax.sample", f"--workdir={wd}", f"--out={wd}/s.mid",
@@ -125,3 +130,19 @@ def test_evaluate_and_sample_entry_points(prepared_dir, tmp_path):
                        text=True, env=dict(os.environ, XLA_FLAGS=""))
     assert r.returncode == 0, r.stderr[-2000:]
     assert (wd / "s.mid").exists() and (wd / "s_1.mid").exists()
+
+
+def test_partial_validation_spreads_its_windows_over_the_split(prepared_dir):
+    """train.eval_batches scores windows evenly spaced over the whole split, not its first (few) songs."""
+    from m4mjax.datasets import pipeline
+
+    cfg = tiny_config(prepared_dir)
+    full = np.concatenate([b["tokens"][b["mask"]] for b in pipeline.make_dataset(cfg.data, "valid", seed=0)])
+    n = len(pipeline.eval_windows(cfg.data, pipeline.open_split(cfg.data, "valid")[1]))
+    assert len(full) == n > 3 * cfg.data.batch_size
+    picked = [round(i * (n - 1) / (cfg.data.batch_size - 1)) for i in range(cfg.data.batch_size)]
+    batches, windows, total = steps_lib.eval_batches(cfg, "valid", max_batches=1)
+    (only,) = list(batches)
+    assert (windows, total) == (cfg.data.batch_size, n)
+    np.testing.assert_array_equal(only["tokens"], full[picked])
+    assert picked[-1] == n - 1  # reaches the end of the split

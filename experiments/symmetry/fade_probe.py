@@ -9,13 +9,12 @@ each case. An encoder that learned pitch scores the same with and without the fa
 """
 from __future__ import annotations
 
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from m4mjax.run import cli
 from symmetry import audio, metrics
 from symmetry import evaluate as evaluate_lib
 
@@ -36,12 +35,17 @@ def probe(workdir: str) -> dict[str, np.ndarray]:
             for name, p in (("integer", integer), ("fractional", fractional)) for fade in (True, False)}
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) != 2:
-        raise SystemExit(__doc__)
-    for case, r2 in probe(argv[1]).items():
+def main(argv: list[str] | None = None) -> None:
+    """CLI: print the four R² rows of one workdir (a bad workdir is one line, exit 2)."""
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("workdir", help="an SPS audio run directory (symmetry.train)")
+    with cli.report_errors("experiments.symmetry.fade_probe"):
+        a = p.parse_args(argv)
+        cli.load_config(a.workdir)  # fail fast: not a run directory
+        results = probe(a.workdir)
+    for case, r2 in results.items():
         print(f"{case:18s} R² per seed {np.array2string(r2, precision=3)}  mean {np.nanmean(r2):.3f}")
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    main()

@@ -7,19 +7,11 @@
 
 Variants: tiny (tests), cpu (this 2-core CPU, see REDUCTIONS and DEVIATIONS), paper (camera-ready, exactly §6).
 """
-from symmetry.config import defaults
+from m4mjax.run.cli import UserError
+from symmetry.config import GROUPS, defaults
 
 ENTRY = "symmetry.train"
 SWEEP_VARIANT = "cpu"
-
-# The paper's five trained groups (spec §4.3 / §7.4), as model overrides.
-GROUPS = {
-    "sps_vae_k4": dict(variant="vae", K=4),
-    "sps_ae_k4": dict(variant="ae", K=4),
-    "vae_k0": dict(variant="vae", K=0),
-    "ae_k0": dict(variant="ae", K=0),
-    "beta_vae": dict(variant="vae", K=0, prior=False),
-}
 
 # What :cpu changes relative to :paper, and why (everything else — model family, losses, weights,
 # group, K, batch — is the paper's).
@@ -65,7 +57,7 @@ def get_config(variant: str = "cpu"):
         c.train.update(steps=3, log_every=1, ckpt_every=2)
         c.eval.synth_points = 6
         return c
-    raise ValueError(f"sps_audio: unknown variant {variant!r} (tiny | cpu | paper)")
+    raise UserError(f"unknown variant {variant!r} (tiny | cpu | paper)", f"sps_audio.py:{variant}")
 
 
 def get_sweep(variant: str = "cpu"):

@@ -170,14 +170,24 @@ def write_splits(cache_dir: str | Path) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: build the default corpus (and print per-group sizes and times)."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from m4mjax.run import cli
+
+    ap = cli.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variant", default="demo", choices=sorted(VARIANTS))
     ap.add_argument("--data_dir", default="data/tfds")
     ap.add_argument("--cache_dir", default="data/cache/default")
     ap.add_argument("--debian_dir", default="data/debian_midi")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--write_splits", action="store_true", help="(maintainers) re-record splits/default.json")
-    args = ap.parse_args(argv)
+    with cli.report_errors("m4mjax.datasets.default"):
+        args = ap.parse_args(argv)
+        if args.workers < 1:
+            raise cli.UserError("must be >= 1", f"--workers={args.workers}")
+        build(args)
+
+
+def build(args: argparse.Namespace) -> None:
+    """Build (or re-use) the corpus named by the parsed CLI arguments; print and record the build report."""
     t0 = time.time()
     if args.write_splits:
         build_cache(args.variant, args.cache_dir, args.debian_dir, args.workers)

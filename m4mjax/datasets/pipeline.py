@@ -5,12 +5,12 @@ Training: this process's share of the split's songs, shuffled and repeated; each
 song's valid range clipped to ``data.pitch_shift`` (drums never move). Eval: every song cut into fixed
 consecutive windows, one pass, the last batch padded with all-PAD windows (``mask`` marks real ones).
 
-Config fields (ml_collections ``cfg.data``): name ('m4m_default/demo' | 'm4m_default/full' | 'prepared'),
-dir (TFDS data_dir, or the ``m4mjax.prepare`` output), frames, batch_size (global; split over processes),
-max_frame_tokens, pitch_shift ((lo, hi) semitones for training; (0, 0) = off), drop_short (drop songs shorter
-than a window, as the paper; else pad), reference / target (optional stream selectors: 'all', 'drums',
-'others', 'track:K', 'notrack:K' -> extra 'reference' and 'target' windows for the two-stream tasks),
-num_threads.
+Config fields (ml_collections ``cfg.data``): name ('m4m_default/demo' | 'm4m_default/full' | an ``m4mjax.prepare``
+output folder | 'prepared'), dir (TFDS data_dir, or the prepare output for 'prepared'), frames, batch_size (global;
+split over processes), max_frame_tokens, pitch_shift ((lo, hi) semitones for training; (0, 0) = off; a chord track
+moves by pitch class inside its registers), drop_short (drop songs shorter than a window, as the paper; else pad),
+reference / target (optional stream selectors: 'all', 'music', 'labels', 'drums', 'others', 'track:K', 'notrack:K'
+-> extra 'reference' and 'target' windows for the two-stream tasks), num_threads.
 """
 from __future__ import annotations
 
@@ -25,10 +25,17 @@ from m4mjax.datasets import convert, records
 from m4mjax.run import data as run_data
 
 
+LABEL_TRACKS = 250  # tracks >= this hold labels written as music (m4mjax.labels: 250 chords, 251 beats)
+
+
 def select_stream(notes: np.ndarray, selector: str) -> np.ndarray:
-    """Notes of one stream: 'all', 'drums', 'others', 'track:K' or 'notrack:K'."""
+    """Notes of one stream: 'all', 'music' (tracks < 250), 'labels' (chord + beat tracks, >= 250), 'drums',
+    'others', 'track:K' or 'notrack:K'."""
     if selector in ("", "all"):
         return notes
+    if selector in ("music", "labels"):
+        music = notes[:, tok.TRACK] < LABEL_TRACKS
+        return notes[music if selector == "music" else ~music]
     if selector == "drums":
         return notes[notes[:, tok.INSTRUMENT] == tok.DRUM]
     if selector == "others":
@@ -38,6 +45,21 @@ def select_stream(notes: np.ndarray, selector: str) -> np.ndarray:
         same = notes[:, tok.TRACK] == int(k)
         return notes[same if kind == "track" else ~same]
     raise ValueError(f"data.reference/target: unknown stream selector {selector!r}")
+
+
+def shift_song(notes: np.ndarray, k: int) -> np.ndarray:
+    """Transpose a song by k semitones (drums never move); a chord track's notes move by pitch class inside
+    their register (bass 36-47, tones 48-59, extensions 60-71), so transposed labels keep their layout."""
+    out = tok.pitch_shift(notes, k)
+    from m4mjax import labels
+
+    chord = (notes[:, tok.TRACK] == labels.CHORD_TRACK) & (notes[:, tok.INSTRUMENT] != tok.DRUM)
+    if chord.any():
+        p = notes[chord, tok.PITCH]
+        low = labels.BASS_LOW + (p - labels.BASS_LOW) // 12 * 12  # the register's lowest pitch
+        in_layout = (p >= labels.BASS_LOW) & (p < labels.EXT_LOW + 12)
+        out[chord, tok.PITCH] = np.where(in_layout, low + (p - low + k) % 12, p + k)
+    return out
 
 
 class _DecodedTfds:
@@ -53,12 +75,31 @@ class _DecodedTfds:
         return records.from_example(self._src[int(i)])
 
 
+def prepared_dir(cfg_data: Any) -> str | None:
+    """The ``m4mjax.prepare`` output folder the config names, or None for the embedded corpus.
+
+    ``data.name`` may be that folder itself (``--config.data.name=data/mine``) or 'prepared' with the folder
+    in ``data.dir``. A name that is an existing folder but not a prepare output is an error naming it."""
+    name = str(cfg_data.name)
+    if name == "prepared":
+        return str(cfg_data.dir)
+    if name.startswith("m4m_default/") and not Path(name).is_dir():
+        return None
+    if Path(name).is_dir():
+        if not (Path(name) / "shards").is_dir():
+            raise ValueError(f"data.name={name!r}: a folder, but not one written by `python -m m4mjax.prepare` "
+                             "(no shards/ inside)")
+        return name
+    return None
+
+
 def open_split(cfg_data: Any, split: str) -> tuple[Any, np.ndarray]:
     """(random-access song source, song lengths in frames) of one split of the configured dataset."""
     if split not in records.SPLITS:
         raise ValueError(f"split must be one of {records.SPLITS}, got {split!r}")
-    if cfg_data.name == "prepared":
-        src = convert.ShardSource(cfg_data.dir, split)
+    prepared = prepared_dir(cfg_data)
+    if prepared is not None:
+        src = convert.ShardSource(prepared, split)
         return src, src.lengths
     if cfg_data.name.startswith("m4m_default/"):
         from m4mjax.datasets import default
@@ -81,13 +122,14 @@ def open_split(cfg_data: Any, split: str) -> tuple[Any, np.ndarray]:
         if len(lengths) != len(src):
             raise ValueError(f"{side}: {len(lengths)} lengths for {len(src)} records; delete it to recompute")
         return src, lengths
-    raise ValueError(f"data.name: unknown dataset {cfg_data.name!r} (use 'm4m_default/demo', "
-                     "'m4m_default/full' or 'prepared')")
+    raise ValueError(f"data.name: unknown dataset {cfg_data.name!r}, and no such folder (use "
+                     "'m4m_default/demo', 'm4m_default/full', a folder written by `python -m m4mjax.prepare`, "
+                     "or 'prepared' with data.dir)")
 
 
 def _window(cfg_data: Any, song: dict[str, Any], start: int, shift: int) -> dict[str, np.ndarray]:
     """Token windows (tokens, and reference/target when configured) of one song at one start frame."""
-    notes = tok.pitch_shift(song["notes"], shift) if shift else song["notes"]
+    notes = shift_song(song["notes"], shift) if shift else song["notes"]
     f, length, n = int(cfg_data.frames), int(cfg_data.max_frame_tokens), int(song["n_frames"])
     out = {"tokens": tok.notes_to_tokens(notes, start, f, length, song_frames=n)}
     ref, tgt = cfg_data.get("reference", ""), cfg_data.get("target", "")
@@ -98,12 +140,22 @@ def _window(cfg_data: Any, song: dict[str, Any], start: int, shift: int) -> dict
     return out
 
 
+def eval_windows(cfg_data: Any, lengths: np.ndarray) -> np.ndarray:
+    """(song, start frame) rows of a split's fixed evaluation windows, in split order: consecutive windows of
+    ``data.frames`` per kept song (``lengths`` from ``open_split``)."""
+    frames = int(cfg_data.frames)
+    keep = lengths >= frames if cfg_data.get("drop_short", True) else lengths > 0
+    starts = [(s, st) for s in np.nonzero(keep)[0] for st in range(0, max(int(lengths[s]) - frames, 0) + 1, frames)]
+    return np.array(starts, np.int64).reshape(-1, 2)
+
+
 def make_dataset(cfg_data: Any, split: str, seed: int, *, shard_options: grain.sharding.ShardOptions | None = None,
-                 train: bool | None = None) -> grain.DatasetIterator:
+                 train: bool | None = None, spread: int = 0) -> grain.DatasetIterator:
     """Iterator of dicts ``tokens: int32[B, F, L]`` (+ ``mask: bool[B]``) for this process; state is JSON-able.
 
     B = data.batch_size // process_count. Train split: random windows, repeated forever; other splits: fixed
-    windows, one pass. ``train`` overrides that choice (e.g. fixed windows of the train split for statistics).
+    windows, one pass (``spread`` > 0: only that many, evenly spaced over the split). ``train`` overrides that
+    choice (e.g. fixed windows of the train split for statistics).
     """
     train = split == "train" if train is None else train
     src, lengths = open_split(cfg_data, split)
@@ -128,11 +180,17 @@ def make_dataset(cfg_data: Any, split: str, seed: int, *, shard_options: grain.s
             shift = int(rng.integers(s_lo, s_hi + 1)) if s_hi >= s_lo else 0
             return _window(cfg_data, song, start, shift)
 
+        if cfg_data.get("sampling", "song") == "length":  # one slot per window-length of song, as the
+            # official FramedDataset (every start at a stride): long multi-track songs are not undersampled
+            songs = np.repeat(songs, np.maximum(lengths[songs] // frames, 1))
+        elif cfg_data.get("sampling", "song") != "song":
+            raise ValueError(f"data.sampling={cfg_data.sampling!r}: expected 'song' or 'length'")
         ds = run_data.sharded_dataset(songs, options)
         return run_data.batched_iterator(ds, local_batch, seed, random_map=sample, num_threads=threads)
 
-    windows = np.array([(s, st) for s in songs for st in range(0, max(int(lengths[s]) - frames, 0) + 1, frames)],
-                       np.int64).reshape(-1, 2)
+    windows = eval_windows(cfg_data, lengths)
+    if 0 < spread < len(windows):  # a sample of the split: ``spread`` windows evenly spaced over all of it
+        windows = windows[np.linspace(0, len(windows) - 1, spread).round().astype(np.int64)]
     ds = grain.MapDataset.source(windows[run_data.shard_indices(len(windows), options)])
 
     def fixed(pair: np.ndarray) -> dict[str, np.ndarray]:

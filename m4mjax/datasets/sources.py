@@ -2,7 +2,7 @@
 
 Every loader takes an item dict (see convert.py) and returns songs ``{id, group, notes, n_frames}`` or raises
 ValueError naming the item. ABC chord symbols ("quoted strings" music21 reads as ChordSymbol) become a chord
-track (tokenizer.chord_track) after the melody, so folk tunes with chords serve the melody<->chord tasks.
+track (labels.chord_track) after the melody, so folk tunes with chords serve the melody<->chord tasks.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from m4mjax import tokenizer as tok
+from m4mjax import tokenizer as tok  # m4mjax.labels (mir_eval, scipy) only where chords are read: MIDI workers stay light
 
 MUSIC21_FORMATS = (".abc", ".krn", ".mxl", ".xml", ".musicxml", ".mid")
 
@@ -59,8 +59,13 @@ def wad_midi_items(path: str | Path, group: str, key_prefix: str, seen: set[str]
 def load_item(item: dict[str, Any]) -> list[dict[str, Any]]:
     """Convert one item (kind midi | wad | music21) to its songs."""
     kind = item["kind"]
-    if kind == "midi":
-        score = tok.load_midi(item["path"])
+    if kind == "midi":  # read here so every message names the item's key (a safe, relative name)
+        try:
+            with open(item["path"], "rb") as f:
+                blob = f.read()
+        except OSError as e:
+            raise ValueError(f"{item['key']}: cannot read ({e.strerror or e})") from None
+        score = tok.load_midi(item["key"], data=blob)
         notes, n = tok.midi_to_notes(score, name=item["key"])
         return [{"id": item["key"], "group": item["group"], "notes": notes, "n_frames": n}]
     if kind == "wad":
@@ -87,20 +92,24 @@ _KIND_TO_QUALITY = {
 
 def chord_symbol_label(cs: Any) -> str | None:
     """mir_eval label of a music21 ChordSymbol (None when its kind has no mir_eval quality)."""
+    from m4mjax import labels
+
     quality = _KIND_TO_QUALITY.get(cs.chordKind)
     root = cs.root()
     if quality is None or root is None:
         return None
-    label = f"{tok._NAMES[root.pitchClass]}:{quality}"
+    label = f"{labels.NAMES[root.pitchClass]}:{quality}"
     bass = cs.bass()
     if bass is not None and bass.pitchClass != root.pitchClass:
-        label += "/" + tok._DEGREES[(bass.pitchClass - root.pitchClass) % 12]
+        label += "/" + labels.DEGREES[(bass.pitchClass - root.pitchClass) % 12]
     return label
 
 
 def score_to_notes(score: Any, name: str) -> tuple[np.ndarray, int, int]:
     """A music21 Score -> (notes, n_frames, number of chord symbols rendered as a chord track)."""
     from music21 import harmony, meter
+
+    from m4mjax import labels
 
     fpq = tok.FRAMES_PER_QUARTER
     parts = list(score.parts) or [score]
@@ -146,7 +155,8 @@ def score_to_notes(score: Any, name: str) -> tuple[np.ndarray, int, int]:
         for (off, label), nxt in zip(chords, [c[0] for c in chords[1:]] + [end]):
             if label is not None and nxt > off:
                 spans.append((round(off * fpq), round(nxt * fpq), label))
-        track = tok.chord_track(spans, bar_frames=bar_frames, offset=bar_offset, track=len(parts))
+        n_span = max((e for _, e, _ in spans), default=0)
+        track = labels.chord_track(spans, n_span, range(bar_offset, n_span, bar_frames), track=len(parts))
         n_chords = len(spans)
         if len(track):
             rows += [tuple(r) for r in track.tolist()]

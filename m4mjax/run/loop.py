@@ -6,15 +6,19 @@ import sys
 from typing import Any, Callable
 
 from m4mjax.run.checkpoint import Checkpointer
-from m4mjax.run.metrics import MetricWriter, Progress
+from m4mjax.run.metrics import MetricWriter, Progress, truncate_metrics
 
 
 class StepTail:
-    """``stop = tail(done, metrics, summary, items)`` after each step; ``tail.last`` = the last logged row."""
+    """``stop = tail(done, metrics, summary, items)`` after each step; ``tail.last`` = the last logged row.
+
+    Created at the step the run (re)starts from: rows a killed run logged after its last checkpoint are
+    dropped from metrics.jsonl first, so every step appears there once."""
 
     def __init__(self, workdir: str, steps: int, start: int, log_every: int, ckpt: Checkpointer, progress: Progress):
         self.steps, self.start, self.log_every = steps, start, log_every
         self.ckpt, self.progress = ckpt, progress
+        truncate_metrics(workdir, start)
         self.writer = MetricWriter(workdir)
         self.last: dict[str, Any] = {}
 

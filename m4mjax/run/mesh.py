@@ -33,6 +33,7 @@ RULES: dict[str, tuple[str, ...] | None] = {
 
 def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """Build a ('data','fsdp','tensor') mesh; one entry may be -1 (= all remaining devices)."""
+    configure_flax()
     devices = list(devices if devices is not None else jax.devices())
     sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
     if sizes.count(-1) > 1:
@@ -90,9 +91,20 @@ def use_mesh(mesh: Mesh):
 # --- Flax NNX sharding metadata (churns between Flax releases: read it here only) -------------
 import flax  # noqa: E402
 
-# Variables carry logical names only; we place them ourselves (jit out_shardings), so Flax must not
-# try to shard eagerly at construction time.
-flax.config.update("flax_always_shard_variable", False)
+_flax_configured = False
+
+
+def configure_flax() -> None:
+    """Set Flax up for our sharding (idempotent; model constructors call it before creating variables).
+
+    Variables carry logical names only and we place them ourselves (jit out_shardings), so Flax must not
+    shard eagerly at construction time; and Flax reads our RULES table when it materialises abstract
+    variables under a set mesh (nnx.eval_shape)."""
+    global _flax_configured
+    if not _flax_configured:
+        flax.config.update("flax_always_shard_variable", False)
+        flax.core.spmd.set_logical_axis_rules(tuple((k, v) for k, v in RULES.items()))
+        _flax_configured = True
 
 _NAME_KEYS = ("out_sharding", "sharding_names", "sharding")
 
@@ -123,5 +135,11 @@ def state_shardings(state, mesh: Mesh, prefix: Sequence[str] = ()):
 
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
-# Flax reads the same table when it materialises abstract variables under a set mesh (nnx.eval_shape).
-flax.core.spmd.set_logical_axis_rules(tuple((k, v) for k, v in RULES.items()))
+
+def per_device_bytes(tree) -> int:
+    """Bytes one device holds of a tree of sharded (abstract) arrays (the --dry_run memory report)."""
+    total = 0
+    for x in jax.tree.leaves(tree):
+        shard = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) is not None else x.shape
+        total += math.prod(shard) * np.dtype(x.dtype).itemsize
+    return total

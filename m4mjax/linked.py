@@ -1,0 +1,262 @@
+"""The linked model (spec §4): the unchanged foundation LM aligned to a reference stream, two ways.
+
+* ``fa_self`` (official ``RoformerPrompt``): ONE causal global pass over
+  ``[global SOS, ref 0 .. ref F1-1, tgt 0 .. tgt F2-2]``; the output at sequence position F1+j predicts
+  target frame j (so the last reference frame is the target segment's first input). Rotary positions are
+  ``0..F1-1`` then ``0..F2-1`` (time-aligned); segment ids 0/1 select a zero-initialised learned row added to
+  the rotary table (``change_pe=False`` is the ablation: plain positions, no segment table). Loss on the
+  target frames only. LoRA r=64/alpha=128 on every query/value projection.
+* ``fa_cross`` (official ``RoformerYinyang``): the same LoRA'd LM (r=16/alpha=32) runs on both streams.
+  The reference pass is the LM's ordinary causal pass (global SOS prepended, last frame dropped, exactly as
+  the official code calls it); every ``adapter_every`` global layers a gated cross-attention adapter reads
+  the target's layer input (queries) and the reference's input to the same layer (keys/values; no mask, so
+  the whole reference is visible) and adds its output to the target's self-attention output before the
+  residual LayerNorm (``layers.Block``). Absolute frame indices are ``position * stride`` per stream.
+* Span masking (both): frame embeddings of ``mask_stream`` (out of the local encoder, before the global
+  SOS shift) are replaced by a learned mask embedding, only when a dropout key is given (training).
+
+The linked model IS an ``M4MTransformer`` (subclass, nothing overridden), so every foundation parameter keeps
+its path and ``--config.init_from=<LM workdir>`` merges the LM weights by path; the LoRA/adapter/segment/
+mask variables are absent from an LM checkpoint and keep their (identity) init.
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from m4mjax import adapters as ad
+from m4mjax.layers import AdapterParam, LoRAParam, fold, param
+from m4mjax.model import M4MTransformer, lm_loss
+from m4mjax.run.cli import UserError
+
+KINDS = ("fa_self", "fa_cross")
+
+
+def link_config(kind: str = "fa_self") -> ml_collections.ConfigDict:
+    """The ``link`` section of a function-alignment experiment config (official defaults per kind)."""
+    if kind not in KINDS:
+        raise UserError(f"link kind must be one of {KINDS}, got {kind!r}", "config.link.kind")
+    rank, alpha = (64, 128.0) if kind == "fa_self" else (16, 32.0)
+    return ml_collections.ConfigDict(dict(
+        kind=kind,  # 'fa_self' (one concatenated pass) | 'fa_cross' (two passes + cross-attention adapters)
+        lora_rank=rank, lora_alpha=alpha,  # LoRA on query/value (official: 64/128 FA_self, 16/32 FA_cross)
+        lora_dropout=0.1,  # dropout on the LoRA input
+        lora_scope="all",  # 'all' = every query/value incl. local encoder/decoder (official peft match) | 'global'
+        change_pe=True,  # fa_self: target positions restart at 0 + segment embedding (False = official ablation)
+        adapter_every=2,  # fa_cross: one adapter per this many global layers (at layers 0, n, 2n, ...)
+        adapter_width=256, adapter_heads=4, adapter_dropout=0.1,  # fa_cross adapter: inner width, heads, dropout
+        mask_prob=0.25,  # span-masking rate in training (0 = off; the released demo runs used 0)
+        mask_length=10,  # frames per masked span
+        mask_stream="target",  # 'target' | 'reference' (the official task word 'lmask')
+        adapter_scale=1.0,  # fa_cross: default multiplier on adapter outputs when sampling (guidance-like)
+        ref_stride=1, target_stride=1,  # fa_cross: absolute frame index = position * stride (time compression)
+        train="link",  # 'link' = only LoRA/adapter/segment/mask variables train | 'full' = every parameter
+    ))
+
+
+def _check(link) -> None:
+    checks = [("kind", link.kind in KINDS, f"one of {KINDS}"), ("train", link.train in ("link", "full"), "'link' or 'full'"),
+              ("mask_stream", link.mask_stream in ("target", "reference"), "'target' or 'reference'"),
+              ("mask_prob", 0.0 <= link.mask_prob <= 1.0, "in [0, 1]"), ("adapter_every", link.adapter_every >= 1, ">= 1")]
+    for name, ok, want in checks:
+        if not ok:
+            raise UserError(f"must be {want}, got {link[name]!r}", f"config.link.{name}")
+
+
+class LinkedModel(M4MTransformer):
+    """The foundation LM (same parameter paths) plus the link's variables; see the module docstring."""
+
+    def __init__(self, model_cfg: ml_collections.ConfigDict, link: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        _check(link)
+        mcfg = ml_collections.ConfigDict(model_cfg.to_dict())
+        mcfg.update(lora_rank=link.lora_rank, lora_alpha=float(link.lora_alpha), lora_dropout=link.lora_dropout,
+                    lora_scope=link.lora_scope, segment_embedding=link.kind == "fa_self" and link.change_pe)
+        super().__init__(mcfg, rngs=rngs)
+        self.link = ml_collections.FrozenConfigDict(link)
+        E, pdt = mcfg.width, jnp.dtype(mcfg.param_dtype)
+        self.mask_embed = param(rngs, nnx.initializers.normal(0.1), (E,), ("embed",), pdt, kind=AdapterParam)
+        if link.kind == "fa_cross":
+            self.adapters = nnx.List([
+                ad.CrossAdapter(E, link.adapter_width, link.adapter_heads, dropout=link.adapter_dropout,
+                                dtype=self.dtype, param_dtype=pdt, rngs=rngs)
+                for _ in range(mcfg.layers // link.adapter_every)])
+
+    # --- pieces shared by training and sampling --------------------------------------------------------
+    def frame_embeddings(self, tokens: jax.Array, stream: str, key: jax.Array | None = None,
+                         mask_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """Local encoder + span masking of ``stream`` ('reference'|'target') when ``mask_key`` is given."""
+        frames, tok_emb = self.local_encode(tokens, key)
+        lk = self.link
+        if mask_key is not None and lk.mask_prob > 0 and lk.mask_stream == stream:
+            B, F = frames.shape[:2]
+            frames = ad.apply_mask(frames, ad.span_mask(mask_key, B, F, lk.mask_prob, lk.mask_length),
+                                   self.mask_embed[...])
+        return frames, tok_emb
+
+    def reference_kv(self, ref_hiddens: list[jax.Array]) -> list[ad.KVPair]:
+        """fa_cross: each adapter's keys/values from the reference's input to its layer."""
+        idx = jnp.arange(ref_hiddens[0].shape[1]) * self.link.ref_stride
+        return [a.project_kv(ref_hiddens[i * self.link.adapter_every], idx) for i, a in enumerate(self.adapters)]
+
+    def cross_fn(self, kv: list[ad.KVPair], q_index: jax.Array, scale: jax.Array | float = 1.0,
+                 key: jax.Array | None = None):
+        """The per-layer ``cross`` hook for the target pass (zero delta on layers without an adapter)."""
+        every = self.link.adapter_every
+
+        def cross(i: int, h: jax.Array) -> jax.Array:
+            if i % every or i // every >= len(kv):
+                return jnp.zeros_like(h)
+            return self.adapters[i // every](h, q_index, kv[i // every], scale=scale, key=fold(key, 100 + i))
+
+        return cross
+
+    def self_positions(self, f1: int, f2: int) -> tuple[jax.Array, jax.Array | None]:
+        """fa_self rotary positions and segment ids of the concatenated sequence (length f1 + f2)."""
+        if not self.link.change_pe:
+            return jnp.arange(f1 + f2), None
+        pos = jnp.concatenate([jnp.arange(f1), jnp.arange(f2)])
+        return pos, (jnp.arange(f1 + f2) >= f1).astype(jnp.int32)
+
+    # --- training forward ------------------------------------------------------------------------------
+    def link_forward(self, reference: jax.Array, target: jax.Array, *, key: jax.Array | None = None,
+                     scale: jax.Array | float = 1.0) -> tuple[jax.Array, jax.Array, list[jax.Array]]:
+        """(target global outputs g [B,F2,E], target token embeddings [B,F2,L,E], target-pass layer inputs)."""
+        B, F1, _ = reference.shape
+        F2 = target.shape[1]
+        fr, _ = self.frame_embeddings(reference, "reference", fold(key, 0), fold(key, 2))
+        ft, tok_emb = self.frame_embeddings(target, "target", fold(key, 1), fold(key, 3))
+        if self.link.kind == "fa_self":
+            sos = jnp.broadcast_to(self.global_sos[...].astype(fr.dtype), (B, 1, fr.shape[-1]))
+            h = jnp.concatenate([sos, fr, ft[:, :-1]], axis=1)
+            pos, seg = self.self_positions(F1, F2)
+            seg = None if seg is None else jnp.broadcast_to(seg, (B, F1 + F2))
+            g, hiddens, _ = self.global_decode(h, jnp.broadcast_to(pos, (B, F1 + F2)), segment_ids=seg,
+                                               key=fold(key, 4))
+            return g[:, F1:], tok_emb, [x[:, F1:] for x in hiddens]
+        _, ref_hiddens, _ = self.global_decode(self.global_inputs(fr), key=fold(key, 5))
+        cross = self.cross_fn(self.reference_kv(ref_hiddens), jnp.arange(F2) * self.link.target_stride, scale,
+                              fold(key, 6))
+        g, hiddens, _ = self.global_decode(self.global_inputs(ft), cross=cross, key=fold(key, 4))
+        return g, tok_emb, hiddens
+
+    def link_logits(self, reference: jax.Array, target: jax.Array, *, key: jax.Array | None = None,
+                    scale: jax.Array | float = 1.0) -> jax.Array:
+        """Target logits [B,F2,L,V] given the reference (teacher forcing; dropout + masking iff ``key``)."""
+        g, tok_emb, _ = self.link_forward(reference, target, key=key, scale=scale)
+        return self.local_decode(g, tok_emb, fold(key, 7))
+
+
+# --- task interface -----------------------------------------------------------------------------------
+def build(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs) -> LinkedModel:
+    """The linked model of an experiment config (``cfg.model`` + ``cfg.link``)."""
+    if "link" not in cfg:
+        raise UserError("a function-alignment task needs a 'link' section (see m4mjax.linked.link_config)", "config")
+    return LinkedModel(cfg.model, cfg.link, rngs=rngs)
+
+
+def loss_fn(model: LinkedModel, batch: dict, key: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """Token cross-entropy on the target stream only (PAD ignored); aux as ``model.lm_loss``."""
+    logits = model.link_logits(batch["reference"], batch["target"], key=key)
+    return lm_loss(logits, batch["target"], model.cfg.pad_id)
+
+
+def trainable(cfg: ml_collections.ConfigDict):
+    """nnx filter of the variables the optimizer updates: LoRA + adapter variables, or every parameter."""
+    _check(cfg.link)
+    return nnx.Any(LoRAParam, AdapterParam) if cfg.link.train == "link" else nnx.Param
+
+
+# --- incremental decoding -------------------------------------------------------------------------------
+class LinkState(NamedTuple):
+    """Sampling state: global KV cache, the global output predicting target frame ``t``, adapter keys/values."""
+    cache: list
+    g: jax.Array  # [B, E]
+    t: jax.Array  # int32: target frames known so far (prompt + sampled)
+    base: jax.Array  # int32: cache slots before the target segment (fa_self: F1; fa_cross: 0)
+    kv: list  # fa_cross: per-adapter (k, v) of the reference; [] for fa_self
+
+
+def encode_reference(model: LinkedModel, reference: jax.Array, n_frames: int, prompt: jax.Array | None = None,
+                     *, scale: jax.Array | float = 1.0, mask_key: jax.Array | None = None) -> LinkState:
+    """Encode the reference [B,F1,L] once (fa_self: into the global KV cache; fa_cross: adapter keys/values
+    of every adapted layer) plus an optional target prompt [B,F0,L]; room for ``n_frames`` more frames.
+    ``mask_key`` span-masks the reference as in training (the official sampler does so for 'lmask' tasks)."""
+    B, F1, L = reference.shape
+    prompt = jnp.zeros((B, 0, L), jnp.int32) if prompt is None else prompt
+    F0 = prompt.shape[1]
+    mk = mask_key if model.link.mask_stream == "reference" else None
+    fr, _ = model.frame_embeddings(reference, "reference", mask_key=mk)
+    fp = model.local_encode(prompt)[0] if F0 else fr[:, :0]
+    sos = jnp.broadcast_to(model.global_sos[...].astype(fr.dtype), (B, 1, fr.shape[-1]))
+    if model.link.kind == "fa_self":
+        cache = model.init_global_cache(B, F1 + F0 + n_frames + 1)
+        pos, seg = model.self_positions(F1, F0 + 1)
+        seg = None if seg is None else jnp.broadcast_to(seg, (B, F1 + F0 + 1))
+        g, _, cache = model.global_decode(jnp.concatenate([sos, fr, fp], 1), jnp.broadcast_to(pos, (B, F1 + F0 + 1)),
+                                          segment_ids=seg, cache=cache, cache_index=0)
+        return LinkState(cache, g[:, -1], jnp.int32(F0), jnp.int32(F1), [])
+    _, ref_hiddens, _ = model.global_decode(model.global_inputs(fr))
+    kv = model.reference_kv(ref_hiddens)
+    cache = model.init_global_cache(B, F0 + n_frames + 1)
+    cross = model.cross_fn(kv, jnp.arange(F0 + 1) * model.link.target_stride, scale)
+    g, _, cache = model.global_decode(jnp.concatenate([sos, fp], 1), cross=cross, cache=cache, cache_index=0)
+    return LinkState(cache, g[:, -1], jnp.int32(F0), jnp.int32(0), kv)
+
+
+def target_step(model: LinkedModel, state: LinkState, frame: jax.Array, *,
+                scale: jax.Array | float = 1.0) -> LinkState:
+    """Feed target frame ``state.t`` (tokens [B,L]) -> state whose ``g`` predicts frame ``state.t + 1``.
+    ``scale`` (scalar or [B]) multiplies the fa_cross adapter outputs (the official sampler's multiplier)."""
+    B = frame.shape[0]
+    emb = model.local_encode(frame[:, None])[0]
+    i = state.t + 1  # the frame's position inside the target segment
+    slot = state.base + i
+    if model.link.kind == "fa_self":
+        pos, seg = (i, jnp.ones((B, 1), jnp.int32)) if model.link.change_pe else (slot, None)
+        g, _, cache = model.global_decode(emb, jnp.full((B, 1), pos, jnp.int32), segment_ids=seg,
+                                          cache=state.cache, cache_index=slot)
+    else:
+        cross = model.cross_fn(state.kv, jnp.full((1,), i * model.link.target_stride, jnp.int32), scale)
+        g, _, cache = model.global_decode(emb, cross=cross, cache=state.cache, cache_index=slot)
+    return state._replace(cache=cache, g=g[:, 0], t=state.t + 1)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "n_frames"))
+def _generate(graphdef, params, reference, prompt, rng, temperature, top_p, scale, n_frames: int):
+    from m4mjax.sample import sample_frame
+
+    model = nnx.merge(graphdef, params)
+    B, F0, L = prompt.shape
+    state = encode_reference(model, reference, n_frames, prompt if F0 else None, scale=scale)
+    out = jnp.concatenate([prompt, jnp.full((B, n_frames, L), model.cfg.pad_id, jnp.int32)], 1)
+
+    def body(j, c):
+        out, state, rng = c
+        rng, k = jax.random.split(rng)
+        frame = sample_frame(model, state.g, k, temperature, top_p)
+        out = jax.lax.dynamic_update_slice_in_dim(out, frame[:, None], F0 + j, axis=1)
+        return out, target_step(model, state, frame, scale=scale), rng
+
+    return jax.lax.fori_loop(0, n_frames, body, (out, state, rng))[0]
+
+
+def generate(model: LinkedModel, reference: jax.Array, rng: jax.Array, *, n_frames: int | None = None,
+             prompt: jax.Array | None = None, temperature: float = 1.0, top_p: float = 1.0,
+             scale: float | jax.Array | None = None) -> jax.Array:
+    """Sample target tokens [B, F0+n_frames, L] aligned to reference [B,F1,L] (default n_frames: F1 - F0);
+    ``scale`` defaults to ``link.adapter_scale`` (fa_cross only)."""
+    reference = jnp.asarray(reference, jnp.int32)
+    B, F1, L = reference.shape
+    prompt = jnp.zeros((B, 0, L), jnp.int32) if prompt is None else jnp.asarray(prompt, jnp.int32)
+    n = F1 - prompt.shape[1] if n_frames is None else n_frames
+    if n < 1:
+        raise ValueError(f"generate: nothing to sample (n_frames={n}, prompt {prompt.shape[1]} of {F1} frames)")
+    scale = model.link.adapter_scale if scale is None else scale
+    graphdef, params = nnx.split(model)
+    return _generate(graphdef, params, reference, prompt, rng, jnp.float32(temperature), jnp.float32(top_p),
+                     jnp.asarray(scale, jnp.float32), n_frames=n)

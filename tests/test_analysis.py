@@ -1,0 +1,352 @@
+"""The analysis task (experiments/m4m/analysis.py:tiny): training touches only the link, the trainable switch,
+labels-aware selectors and transposition, `m4mjax.analyze` end to end (windows, tempo map, odd metre, bad
+files) and the evaluation's scores against hand-computed values."""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+import symusic
+from flax import nnx
+
+from m4m_fixtures import REPO
+from smf import read_smf
+from m4mjax import analysis_eval, analyze, labels, tasks
+from m4mjax import tokenizer as tok
+from m4mjax.datasets import pipeline
+
+TRIADS = {"maj": (0, 4, 7), "min": (0, 3, 7)}
+
+
+# ------------------------------------------------------------------------------------------- fixtures
+def _fixture_song(item):
+    """Piano block chords (one per bar) + root bass + drums, in 3/4 or 4/4, with its exact labels."""
+    from m4mjax.datasets import chords
+
+    rng = np.random.default_rng(item["seed"])
+    bpb, n_bars, qpm = item["bpb"], item["bars"], item["qpm"]
+    bar = 4 * bpb
+    rows, segments = [], []
+    for b in range(n_bars):
+        root, q = int(rng.integers(12)), ("maj", "min")[int(rng.integers(2))]
+        segments.append((b * bar, (b + 1) * bar, f"{labels.NAMES[root]}:{q}"))
+        rows += [(b * bar, 0, 60 + (root + iv) % 12, bar, 80, 0) for iv in TRIADS[q]]
+        rows += [(b * bar + k, 33, 36 + root, 4, 80, 1) for k in range(0, bar, 4)]
+        rows += [(b * bar + k, tok.DRUM, 36 if k == 0 else 42, 1, 80, 2) for k in range(0, bar, 2)]
+    music, n = tok.build_notes(np.array(rows))
+    downs = [b * bar for b in range(n_bars)]
+    return chords.make_song(item, music, n, segments, downs, [d + k for d in downs for k in range(0, bar, 4)],
+                            [(0, qpm)])
+
+
+@pytest.fixture(scope="module")
+def analysis_dir(tmp_path_factory) -> pathlib.Path:
+    """A chord-data folder like `m4mjax.datasets.chords` writes: 24 synth songs (split by index mod 10) and 4
+    'romantext' songs (all test), labels.json beside the shards."""
+    from m4mjax.datasets import chords, convert
+
+    out = tmp_path_factory.mktemp("analysis_data")
+    items = [{"key": f"synth/mma/0/{i:05d}", "group": "synth/mma", "seed": i, "bpb": 3 + i % 2, "bars": 4 + i % 3,
+              "qpm": 100 + 5 * i, "out": str(out)} for i in range(24)]
+    items += [{"key": f"romantext/bach/{i}", "group": "romantext/bach", "seed": 100 + i, "bpb": 4, "bars": 5,
+               "qpm": 80, "out": str(out)} for i in range(4)]
+    split = {it["key"]: ("test" if it["group"] != "synth/mma" or it["seed"] % 10 == 0 else
+                         "valid" if it["seed"] % 10 == 1 else "train") for it in items}
+    rep = convert.convert(items, _fixture_song, out, shard_size=8, workers=1, split_fn=lambda sid, i: split[sid],
+                          progress=False)
+    assert not rep["bad_items"], rep
+    chords.gather(out, rep, 0.0)
+    return out
+
+
+def _config(data_dir, **overrides):
+    from experiments.sweep import load_experiment
+
+    cfg = load_experiment(str(REPO / "experiments/m4m/analysis.py")).get_config("tiny")
+    cfg.data.dir = str(data_dir)
+    for k, v in overrides.items():
+        node = cfg
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def lm_workdir(tmp_path_factory) -> pathlib.Path:
+    """A foundation checkpoint of experiments/m4m/lm_pretrain.py:tiny's shape (random weights of another seed
+    than the analysis runs', so "the foundation equals the LM" cannot hold by accident)."""
+    from experiments.sweep import load_experiment
+    from m4mjax.model import M4MTransformer
+    from m4mjax.run import checkpoint
+
+    cfg = load_experiment(str(REPO / "experiments/m4m/lm_pretrain.py")).get_config("tiny")
+    lm = M4MTransformer(cfg.model, rngs=nnx.Rngs(123))
+    wd = tmp_path_factory.mktemp("lm_tiny")
+    ck = checkpoint.Checkpointer(str(wd), every=1)
+    ck.save(1, {"params": nnx.state(lm, nnx.Param).to_pure_dict()}, force=True)
+    ck.close()
+    return wd
+
+
+@pytest.fixture(scope="module")
+def runs(analysis_dir, lm_workdir, tmp_path_factory) -> dict[str, pathlib.Path]:
+    """analysis.py:tiny trained 2 steps from the tiny LM, once per link kind."""
+    from m4mjax import train
+
+    out = {}
+    for kind in ("fa_self", "fa_cross"):
+        wd = tmp_path_factory.mktemp(f"analysis_{kind}")
+        cfg = _config(analysis_dir, **{"link.kind": kind, "init_from": str(lm_workdir)})
+        if kind == "fa_cross":
+            cfg.train.eval_every = 0  # one held-out evaluation (fa_self's) covers the linked eval step
+        train.train(cfg, str(wd))
+        out[kind] = wd
+    return out
+
+
+def _flat(tree) -> dict[str, np.ndarray]:
+    return {"/".join(str(getattr(k, "key", k)) for k in p): np.asarray(x)
+            for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+# ------------------------------------------------------------------------------------------- training
+@pytest.mark.parametrize("kind", ["fa_self", "fa_cross"])
+def test_training_changes_only_the_link(runs, lm_workdir, analysis_dir, kind):
+    from m4mjax.layers import AdapterParam, LoRAParam
+    from m4mjax.run import checkpoint
+
+    lm = _flat(checkpoint.restore_params(str(lm_workdir)))
+    trained = _flat(checkpoint.restore_params(str(runs[kind])))
+    cfg = _config(analysis_dir, **{"link.kind": kind})
+    fresh = tasks.get_task("analysis").build(cfg, nnx.Rngs(cfg.seed))
+    link_init = _flat(nnx.state(fresh, nnx.Any(LoRAParam, AdapterParam)).to_pure_dict())
+    assert lm and set(lm) | set(link_init) == set(trained)  # foundation + link, nothing else
+    for k, v in lm.items():  # every foundation weight is the LM's, bit for bit
+        np.testing.assert_array_equal(trained[k], v, err_msg=k)
+    changed = [k for k, v in link_init.items() if not np.array_equal(trained[k], v)]
+    assert any("lora" in k for k in changed), changed
+    assert kind != "fa_cross" or any("adapters" in k for k in changed), changed
+    assert kind != "fa_self" or any("segment" in k for k in changed), changed
+    rows = [json.loads(x) for x in (runs[kind] / "metrics.jsonl").read_text().splitlines()]
+    assert np.isfinite([r["train/loss"] for r in rows if "train/loss" in r]).all()
+
+
+def test_link_train_switch_selects_the_trainable_variables(analysis_dir):
+    from m4mjax import steps
+    from m4mjax.run import mesh as mesh_lib
+
+    for train, want_all in (("link", False), ("full", True)):
+        cfg = _config(analysis_dir, **{"link.kind": "fa_cross", "link.train": train})
+        mesh = mesh_lib.make_mesh(cfg.mesh)
+        with mesh_lib.use_mesh(mesh):
+            s = steps.Setup(cfg, mesh, with_optimizer=False)
+        names = list(_flat(s.abstract[0].to_pure_dict()))
+        frozen = list(_flat(s.abstract[1].to_pure_dict()))
+        assert all(("lora" in n) or n.startswith(("adapters", "mask_embed")) for n in names) != want_all
+        assert any("global_decoder" in n and "lora" not in n for n in names) == want_all
+        assert (len(frozen) == 0) == want_all
+
+
+def test_resolve_link_follows_the_kind():
+    from m4mjax import linked
+
+    for kind, (r, a) in {"fa_self": (64, 128.0), "fa_cross": (16, 32.0)}.items():
+        lk = linked.link_config(kind)
+        lk.lora_rank, lk.lora_alpha = 0, 0.0
+        got = tasks.resolve_link(lk)
+        assert (got.lora_rank, got.lora_alpha) == (r, a)
+    lk.lora_rank = 8
+    assert tasks.resolve_link(lk).lora_alpha == 16.0
+
+
+# -------------------------------------------------------------------------------------- data plumbing
+def test_music_and_labels_selectors_and_transposed_chord_track():
+    a_min = [45, 48, 52, 57]  # A:min on the chord-track layout: bass A, tones C E A
+    notes = np.array([(0, 0, 64, 3, 80, 0), (0, tok.DRUM, 36, 0, 80, 1)]
+                     + [(0, 0, p, 5, 100, labels.CHORD_TRACK) for p in a_min]
+                     + [(0, tok.DRUM, 35, 0, 100, labels.BEAT_TRACK)], np.int32)
+    assert sorted(pipeline.select_stream(notes, "music")[:, tok.TRACK]) == [0, 1]
+    assert sorted(pipeline.select_stream(notes, "labels")[:, tok.TRACK]) == [250] * 4 + [251]
+    up = pipeline.shift_song(notes, 3)  # A:min + 3 = C:min: bass 36 (C), tones C Eb G = 48 51 55
+    assert up[0, tok.PITCH] == 67 and up[1, tok.PITCH] == 36  # music moves, drums do not
+    assert sorted(up[2:6, tok.PITCH]) == [36, 48, 51, 55] and up[6, tok.PITCH] == 35
+    down = pipeline.shift_song(notes, -5)  # E:min: bass E 40, tones E G B = 52 55 59
+    assert sorted(down[2:6, tok.PITCH]) == [40, 52, 55, 59]
+
+
+# ---------------------------------------------------------------------------------------------- analyze
+def _fake_labels(reference: np.ndarray) -> np.ndarray:
+    """A stand-in analyser, frame by frame: a piano (program 0) chord struck -> that chord on the chord-track
+    layout (bass = its lowest note's pitch class) for the same duration; a kick (36) -> a downbeat marker (35)."""
+    B, F, L = reference.shape
+    out = np.full((B, F, L), tok.PAD, np.int32)
+    for b in range(B):
+        ref = tok.tokens_to_notes(reference[b])
+        piano = ref[ref[:, tok.INSTRUMENT] == 0]
+        rows = []
+        for f in np.unique(piano[:, tok.FRAME]):
+            grp = piano[piano[:, tok.FRAME] == f]
+            d = grp[0, tok.DURATION]
+            rows.append((f, 0, labels.BASS_LOW + grp[:, tok.PITCH].min() % 12, d, 100, 0))
+            rows += [(f, 0, labels.TONE_LOW + p % 12, d, 100, 0) for p in grp[:, tok.PITCH]]
+        kicks = ref[(ref[:, tok.INSTRUMENT] == tok.DRUM) & (ref[:, tok.PITCH] == 36)]
+        rows += [(f, tok.DRUM, labels.BEAT_DOWN, 0, 100, 0) for f in kicks[:, tok.FRAME]]
+        out[b] = tok.notes_to_tokens(tok.sort_notes(np.array(rows, np.int32).reshape(-1, 6)), 0, F, L)
+    return out
+
+
+@pytest.fixture()
+def fake_model(monkeypatch):
+    """analyze's model call replaced by _fake_labels; the prompt must equal what was decided for its frames."""
+    calls = []
+
+    def sample(model, reference, prompt, n_frames, rng, temperature):
+        full = _fake_labels(np.asarray(reference))
+        f0 = 0 if prompt is None else prompt.shape[1]
+        assert f0 + n_frames == reference.shape[1]
+        if f0:
+            np.testing.assert_array_equal(prompt, full[:, :f0])  # the stitched labels of those frames
+        calls.append((reference.shape, f0))
+        return full
+
+    monkeypatch.setattr(analyze, "_sample", sample)
+    return calls
+
+
+def _write_piece(path: pathlib.Path) -> None:
+    """6 bars of 3/4 (tpq 480): piano block chords C Am | F G C Am, a bass track and drums (kick on each
+    downbeat, hi-hat on every beat); 120 qpm, then 90 qpm from bar 3 (frame 24)."""
+    s = symusic.Score(480)
+    s.time_signatures.append(symusic.TimeSignature(0, 3, 4))
+    s.tempos.append(symusic.Tempo(0, qpm=120.0))
+    s.tempos.append(symusic.Tempo(2880, qpm=90.0))
+    piano, bass, drums = symusic.Track(program=0), symusic.Track(program=33), symusic.Track(is_drum=True)
+    chords = [(60, 64, 67), (57, 60, 64), (53, 57, 60), (55, 59, 62), (60, 64, 67), (57, 60, 64)]
+    for b, ch in enumerate(chords):
+        for p in ch:
+            piano.notes.append(symusic.Note(b * 1440, 1440, p, 80))
+        for k in range(3):
+            bass.notes.append(symusic.Note(b * 1440 + k * 480, 480, ch[0] - 24, 80))
+            drums.notes.append(symusic.Note(b * 1440 + k * 480, 60, 36 if k == 0 else 42, 80))
+    s.tracks.extend([piano, bass, drums])
+    s.dump_midi(str(path))
+
+
+EXPECTED_LAB = ("0.000000\t1.500000\tC:maj\n1.500000\t3.000000\tA:min\n3.000000\t5.000000\tF:maj\n"
+                "5.000000\t7.000000\tG:maj\n7.000000\t9.000000\tC:maj\n9.000000\t11.000000\tA:min\n")
+EXPECTED_BEATS = "0.000000\n1.500000\n3.000000\n5.000000\n7.000000\n9.000000\n"  # 1.5 s bars, then 2 s
+
+
+def test_window_starts_cover_any_length():
+    assert analyze.window_starts(10, 16, 4) == [0]
+    assert analyze.window_starts(72, 16, 4) == [0, 12, 24, 36, 48, 56]
+    assert analyze.window_starts(32, 16, 0) == [0, 16]
+
+
+def test_analyze_writes_lab_beats_and_midi_on_the_tempo_map(runs, tmp_path, fake_model, capsys):
+    _write_piece(tmp_path / "piece.mid")
+    (tmp_path / "bad.mid").write_bytes(b"this is not a MIDI file")
+    (tmp_path / "empty.mid").write_bytes(b"")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        analyze.main(["--workdir", str(runs["fa_self"]), str(tmp_path / "bad.mid"), str(tmp_path / "piece.mid"),
+                      str(tmp_path / "empty.mid"), "--out", str(out), "--context", "4"])
+    assert e.value.code == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
+    assert any("not a MIDI file" in ln and "bad.mid" in ln for ln in err) and any("empty.mid" in ln for ln in err)
+    assert len(err) == 3  # one line per bad file + the summary
+    assert sorted(p.name for p in out.iterdir()) == ["piece.beats", "piece.lab", "piece.mid"]
+    assert (out / "piece.lab").read_text() == EXPECTED_LAB
+    assert (out / "piece.beats").read_text() == EXPECTED_BEATS
+    assert [f0 for _, f0 in fake_model] == [0, 4, 4, 4, 4, 4]  # windows 0 12 24 36 48 56, prompts after the first
+    smf = read_smf(out / "piece.mid")  # the input's tempo map and metre kept (an independent SMF reader)
+    assert [t for t, _ in smf.tempos] == [0, 2880] and smf.tempos[0][1] == 500000  # 120 qpm, then 90 qpm
+    assert abs(smf.tempos[1][1] - 666667) <= 1
+    assert smf.time_signatures == [(0, 3, 4)]
+    downs = sorted(on for ch, p, on, off in smf.notes if ch == 9 and p == labels.BEAT_DOWN)
+    assert downs == [0, 1440, 2880, 4320, 5760, 7200]
+    score = symusic.Score(str(out / "piece.mid"))
+    assert [t.name for t in score.tracks][-2:] == [analyze.CHORD_NAME, analyze.BEAT_NAME] and len(score.tracks) == 5
+    bar3 = sorted(n.pitch for n in score.tracks[-2].notes if n.time == 2880)
+    assert bar3 == [41, 48, 53, 57]  # F:maj on the chord-track layout: bass F, tones C F A
+
+
+def test_analyze_with_the_real_tiny_model(runs, tmp_path):
+    _write_piece(tmp_path / "piece.mid")
+    for kind in ("fa_self", "fa_cross"):
+        written, bad = analyze.analyze_files(str(runs[kind]), [str(tmp_path / "piece.mid")], str(tmp_path / kind),
+                                             progress=False)
+        assert not bad and len(written) == 3
+        lab = labels.read_lab(tmp_path / kind / "piece.lab")  # parses as mir_eval labels
+        assert lab and lab[0][0] == 0.0 and lab[-1][1] == pytest.approx(11.0)
+        assert all(0 <= float(t) <= 11.0 for t in (tmp_path / kind / "piece.beats").read_text().split())
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+def _truth_by_notes(data_dir):
+    table = analysis_eval.read_labels(str(data_dir))
+    out = {}
+    for name, groups in analysis_eval.SETS.items():
+        for sid, song, rec in analysis_eval.held_out_songs(str(data_dir), groups, table=table):
+            out[song.notes.tobytes()] = rec
+    return out
+
+
+def test_evaluation_scores_truth_as_one_and_a_known_fraction(runs, analysis_dir, monkeypatch):
+    truth = _truth_by_notes(analysis_dir)
+    assert len(truth) == 3 + 4  # synth test songs 0, 10, 20 and the four 'romantext' songs
+
+    def perfect(model, songs, frames, **kw):
+        for s in songs:
+            rec = truth[s.notes.tobytes()]
+            yield analyze.Result([tuple(x) for x in rec["segments"]], np.array(rec["downbeats"]), tok.empty_notes())
+
+    monkeypatch.setattr(analysis_eval, "label_songs", perfect)
+    res = analysis_eval.evaluate(str(runs["fa_self"]))
+    for name, n_songs in (("synth_test", 3), ("romantext", 4)):
+        r = res["sets"][name]
+        assert r["songs"] == n_songs
+        assert all(r[m] == 1.0 for m in ("root", "thirds", "majmin", "mirex", "sevenths", "downbeat_f")), r
+    assert json.loads((runs["fa_self"] / "eval.json").read_text())["sets"] == res["sets"]
+
+    # every odd-numbered segment estimated 'X' (never correct), every other downbeat dropped
+    def half(model, songs, frames, **kw):
+        for s in songs:
+            rec = truth[s.notes.tobytes()]
+            segs = [(a, b, lab if i % 2 == 0 else "X") for i, (a, b, lab) in enumerate(rec["segments"])]
+            yield analyze.Result(segs, np.array(rec["downbeats"][::2]), tok.empty_notes())
+
+    monkeypatch.setattr(analysis_eval, "label_songs", half)
+    res = analysis_eval.evaluate(str(runs["fa_self"]))
+    for name, groups in analysis_eval.SETS.items():
+        recs = [r for r in truth.values() if r["group"] in groups]
+        dur = lambda keep: sum(b - a for r in recs for i, (a, b, _) in enumerate(r["segments_s"]) if keep(i))  # noqa
+        want = dur(lambda i: i % 2 == 0) / dur(lambda i: True)
+        n_ref = sum(len(r["downbeats"]) for r in recs)
+        n_est = sum(len(r["downbeats"][::2]) for r in recs)
+        want_f = 2 * n_est / (n_ref + n_est)  # every estimated downbeat is a hit
+        for m in ("root", "thirds", "majmin", "mirex", "sevenths"):
+            assert res["sets"][name][m] == pytest.approx(want, abs=1e-4), (name, m)
+        assert res["sets"][name]["downbeat_f"] == pytest.approx(want_f, abs=1e-4)
+
+
+def test_evaluate_dispatches_to_the_analysis_evaluation(runs):
+    from m4mjax import evaluate
+
+    res = evaluate.evaluate(str(runs["fa_cross"]), max_batches=1)  # the real tiny model, 1 batch of songs
+    assert set(res["sets"]) == {"synth_test", "romantext"}
+    for r in res["sets"].values():
+        assert all(0.0 <= r[m] <= 1.0 for m in ("root", "majmin", "sevenths", "downbeat_f"))
+
+
+def test_baselines_score_the_template_matcher_on_clean_triads(analysis_dir, tmp_path):
+    """The fixture's music is one root-position triad per bar: the per-bar template matcher is exact."""
+    res = analysis_eval.baselines(str(analysis_dir))
+    for name in analysis_eval.SETS:
+        assert res["sets"][name]["template_bar"]["majmin"] == 1.0
+        assert set(res["sets"][name]) == {"template_bar", "template_beat", "chorder"}

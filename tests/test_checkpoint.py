@@ -1,0 +1,136 @@
+"""Checkpoints never lose work and never spew: a damaged latest step falls back (train) or fails in one line
+(sample / evaluate); metrics.jsonl holds every step once after a resume; the progress line and its MFU."""
+from __future__ import annotations
+
+import io as pyio
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from m4m_fixtures import REPO, prepared_dir, tiny_config  # noqa: F401  (session fixture)
+from m4mjax.run import metrics
+
+
+def _truncate_biggest(step_dir: pathlib.Path) -> pathlib.Path:
+    """Damage a checkpoint the way a full disk or a killed copy does: cut its largest params file."""
+    f = max((p for p in (step_dir / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    os.truncate(f, 100)
+    return f
+
+
+@pytest.fixture(scope="module")
+def run4(prepared_dir, tmp_path_factory):  # noqa: F811
+    """A :tiny run of 4 steps with checkpoints at steps 2 and 4 (eval off: not what these tests are about)."""
+    from m4mjax import train
+
+    wd = tmp_path_factory.mktemp("ckpt") / "run"
+    train.train(tiny_config(prepared_dir, **{"train.steps": 4, "train.ckpt_every": 2, "train.eval_every": 0}), str(wd))
+    assert sorted(os.listdir(wd / "checkpoints")) == ["2", "4"]
+    return wd
+
+
+def _train_rows(wd) -> list[dict]:
+    return [r for r in metrics.read_metrics(str(wd)) if "train/loss" in r]
+
+
+def test_damaged_latest_checkpoint_falls_back_and_metrics_stay_unique(run4, prepared_dir, tmp_path, capsys):  # noqa: F811
+    from m4mjax import train
+
+    wd = tmp_path / "run"
+    shutil.copytree(run4, wd)
+    before = {r["step"]: r["train/loss"] for r in _train_rows(wd)}
+    _truncate_biggest(wd / "checkpoints" / "4")
+    with open(wd / "metrics.jsonl", "a") as f:  # a kill mid-write leaves a torn row behind
+        f.write('{"step": 4, "train/lo')
+    capsys.readouterr()
+    train.train(tiny_config(prepared_dir, **{"train.steps": 4, "train.ckpt_every": 2, "train.eval_every": 0}), str(wd))
+    err = capsys.readouterr().err.splitlines()
+    about = [ln for ln in err if "unreadable" in ln]
+    assert len(about) == 1, err
+    assert about[0].startswith(f"checkpoint step 4 in {wd} is unreadable (") and "falling back to step 2" in about[0]
+    assert "Traceback" not in "\n".join(err)
+    assert "resumed from step 2" in err
+    assert any(ln.startswith("step 3/4  first step") for ln in err), err  # the first step after a resume is shown
+    assert (wd / "unreadable_checkpoints" / "4").is_dir() and (wd / "checkpoints" / "4").is_dir()  # re-saved
+    rows = _train_rows(wd)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # every step once, the torn row gone
+    assert {r["step"]: r["train/loss"] for r in rows} == pytest.approx(before, rel=1e-6)  # steps 3-4 redone from 2
+
+
+def test_metrics_rows_after_the_checkpoint_are_dropped_on_resume(tmp_path):
+    """A run killed at step 4 with its last checkpoint at 2: rows 3-4 (and a torn line) go, atomically."""
+    rows = [{"step": s, "train/loss": 10.0 - s} for s in (1, 2, 3, 4)] + [{"step": 2, "valid/loss": 9.5}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 5, "tr')
+    assert metrics.truncate_metrics(str(tmp_path), 2) == 3
+    assert metrics.read_metrics(str(tmp_path)) == [rows[0], rows[1], rows[4]]
+    assert os.listdir(tmp_path) == ["metrics.jsonl"]  # no temp file left behind
+    assert metrics.truncate_metrics(str(tmp_path), 0) == 3  # a fresh start keeps nothing
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
+
+
+@pytest.mark.parametrize("command", ["m4mjax.sample", "m4mjax.evaluate"])
+def test_damaged_final_checkpoint_is_one_line_for_readers(run4, tmp_path, command):
+    wd = tmp_path / "run"
+    shutil.copytree(run4, wd)
+    _truncate_biggest(wd / "checkpoints" / "4")
+    extra = [f"--out={tmp_path}/s.mid", "--n_frames=2", "--prompt_frames=4"] if command == "m4mjax.sample" else []
+    r = subprocess.run([sys.executable, "-m", command, f"--workdir={wd}", *extra], cwd=REPO, capture_output=True,
+                       text=True, env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"), timeout=600)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert len(lines) == 1, r.stderr[-3000:]
+    assert lines[0].startswith(f"{command}: error: checkpoint step 4 is unreadable (")
+    assert str(wd / "checkpoints" / "4" / "params") in lines[0]
+    assert not (tmp_path / "s.mid").exists() and not (wd / "eval.json").exists()
+
+
+def test_progress_line_prints_the_first_step_and_says_mfu_na_without_a_peak():
+    out = pyio.StringIO()
+    p = metrics.Progress(10, start_step=4, units_per_step=100, unit="frames", flops_per_step=1e9, stream=out)
+    assert p.update(5, "loss 1.0") == {}
+    r = p.update(6)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("step 5/10  first step ") and "(compile included)" in lines[0] and "loss 1.0" in lines[0]
+    assert lines[1].startswith("step 6/10  ") and "MFU n/a" in lines[1] and "mfu" not in r
+    assert r["frames_per_s"] == pytest.approx(100 * r["steps_per_s"])
+
+
+def test_progress_line_mfu_uses_the_given_peak():
+    import jax
+
+    out = pyio.StringIO()
+    p = metrics.Progress(10, 0, flops_per_step=2e9, peak_flops=4e9, stream=out)
+    p.update(1)
+    r = p.update(3)
+    assert r["mfu"] == pytest.approx(r["steps_per_s"] * 2e9 / (4e9 * jax.device_count()))
+    assert f"MFU {100 * r['mfu']:.1f}%" in out.getvalue().splitlines()[1]
+
+
+def test_peak_flops_is_measured_once_per_machine_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert metrics.device_peak_flops(3e12) == 3e12          # the user's number wins
+    assert metrics.device_peak_flops(-1) == 0.0              # explicitly unknown: MFU n/a
+    calls = []
+    monkeypatch.setattr(metrics, "measure_peak_flops", lambda: calls.append(1) or 5e10)
+    assert metrics.device_peak_flops(0) == 5e10
+    assert metrics.device_peak_flops(0) == 5e10 and len(calls) == 1  # second time from the cache
+    cache = json.loads((tmp_path / "m4mjax" / "peak_flops.json").read_text())
+    assert [v["flops_per_device"] for v in cache.values()] == [5e10]
+
+
+def test_measured_peak_is_a_plausible_matmul_rate():
+    """The real measurement (a small matmul on every device at once) gives a finite, positive rate."""
+    peak = metrics.measure_peak_flops(n=128, repeats=2)
+    assert 1e6 < peak < 1e16
+
+
+def test_progress_bar_yields_everything_and_ends_with_one_line_off_a_terminal():
+    out = pyio.StringIO()
+    assert list(metrics.progress_bar(iter(range(5)), 5, "valid: batches", stream=out)) == [0, 1, 2, 3, 4]
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("valid: batches  5/5 in ")

@@ -1,0 +1,145 @@
+"""Every entry point meets a user's bad input with ONE stderr line ``<command>: error: ... (<file or key>)``,
+exit status 2, no traceback and nothing written (issue 8 items 1 and 7). Each row runs the real command as a
+subprocess, as a user would; every failure happens while flags and inputs are checked, before heavy work."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+LM = "experiments/m4m/lm_pretrain.py"
+SPS = "experiments/symmetry/sps_audio.py"
+
+# (command, argv with {t} = the test's folder, substring the error line must hold: the file or key at fault)
+ROWS = [
+    ("m4mjax.train", ["--config={t}/nope.py", "--workdir={t}/w"], "nope.py"),
+    ("m4mjax.train", [f"--config={LM}:bogus", "--workdir={t}/w"], "bogus"),
+    ("m4mjax.train", [f"--config={LM}:tiny", "--workdir={t}/w", "--config.optim.lrr=1"], "did you mean 'optim.lr'"),
+    ("m4mjax.train", [f"--config={LM}:tiny", "--workdir={t}/w", "--config.optim.lr=abc"], "--config.optim.lr"),
+    ("m4mjax.train", [f"--config={LM}:tiny", "--workdir="], "--workdir"),
+    ("m4mjax.train", [f"--config={LM}:tiny", "--workdir={t}/w", "--bogus_flag"], "--bogus_flag"),
+    ("symmetry.train", [f"--config={SPS}:bogus", "--workdir={t}/w"], "bogus"),
+    ("symmetry.train", [f"--config={SPS}:tiny", "--workdir={t}/w", "--config.model.KK=3"], "model.KK"),
+    ("m4mjax.evaluate", ["--workdir={t}/missing"], "missing"),
+    ("m4mjax.evaluate", ["--workdir={t}/empty"], "empty"),
+    ("m4mjax.evaluate", ["--workdir="], "--workdir"),
+    ("m4mjax.sample", ["--workdir={t}/missing", "--out={t}/s.mid"], "missing"),
+    ("m4mjax.sample", ["--workdir={t}/run", "--out={t}/s.mid", "--prompt={t}/nope.mid"], "nope.mid"),
+    ("m4mjax.sample", ["--workdir={t}/run", "--out={t}/s.mid", "--prompt={t}/empty.mid"], "empty.mid"),
+    ("m4mjax.sample", ["--workdir={t}/run", "--out={t}/s.mid", "--prompt={t}/garbage.mid"], "garbage.mid"),
+    ("m4mjax.sample", ["--workdir={t}/run", "--out={t}/s.mid", "--temperature=-1"], "--temperature"),
+    ("m4mjax.sample", ["--workdir={t}/run", "--out={t}/s.mid", "--top_p=2"], "--top_p"),
+    ("symmetry.evaluate", ["--workdir={t}/run", "--soundfont={t}/nope.sf2"], "nope.sf2"),
+    ("symmetry.evaluate", ["--workdir={t}/run", "--soundfont={t}/random.sf2"], "random.sf2"),
+    ("symmetry.evaluate", ["--workdir={t}/missing"], "missing"),
+    ("symmetry.summary", ["{t}/missing"], "missing"),
+    ("experiments.sweep", [f"{SPS}:bogus"], "bogus"),
+    ("experiments.sweep", ["{t}/nope.py"], "nope.py"),
+    ("m4mjax.datasets.default", ["--variant=bogus"], "bogus"),
+    ("experiments.symmetry.fade_probe", ["{t}/missing"], "missing"),
+    ("m4mjax.prepare", ["--midi_dir={t}/missing", "--out={t}/out"], "missing"),
+    ("m4mjax.prepare", ["--midi_dir={t}/empty", "--out={t}/out", "--bogus_flag"], "--bogus_flag"),
+]
+
+
+def _listing(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "M4MJAX_DEBUG"}
+    env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", **extra)
+    return env
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> Path:
+    """Bad inputs a user might pass: an empty folder, a run folder holding only config.json, an empty and a
+    garbage MIDI file, random bytes named .sf2."""
+    from ml_collections import ConfigDict
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "run").mkdir()
+    cfg = ConfigDict({"model": {"max_frame_tokens": 17, "vocab_size": 3331}, "data": {"name": "m4m_default/demo"}})
+    (tmp_path / "run" / "config.json").write_text(json.dumps(cfg.to_dict()))
+    (tmp_path / "empty.mid").write_bytes(b"")
+    rng = __import__("random").Random(0)
+    (tmp_path / "garbage.mid").write_bytes(bytes(rng.randrange(256) for _ in range(300)))
+    (tmp_path / "random.sf2").write_bytes(bytes(rng.randrange(256) for _ in range(4096)))
+    return tmp_path
+
+
+@pytest.mark.parametrize("command,argv,names", ROWS, ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(ROWS)])
+def test_user_error_is_one_line(inputs: Path, command: str, argv: list[str], names: str):
+    before = _listing(inputs)
+    args = [a.replace("{t}", str(inputs)) for a in argv]
+    r = subprocess.run([sys.executable, "-m", command, *args], cwd=REPO, env=_env(), capture_output=True,
+                       text=True, timeout=180)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2, f"rc {r.returncode}; stderr:\n{r.stderr[-3000:]}"
+    assert "Traceback" not in r.stderr
+    assert len(lines) == 1, f"want one line, got {len(lines)}:\n{r.stderr[-3000:]}"
+    assert lines[0].startswith(f"{command}: error: "), lines[0]
+    assert names in lines[0], lines[0]
+    assert _listing(inputs) == before, "a failed command created or removed files"
+
+
+def test_debug_shows_the_traceback(inputs: Path):
+    """--debug and M4MJAX_DEBUG=1 show where a user error came from (sweep: no jax import, fast)."""
+    cmd = [sys.executable, "-m", "experiments.sweep", str(inputs / "nope.py")]
+    for argv, env in ((cmd + ["--debug"], _env()), (cmd, _env(M4MJAX_DEBUG="1"))):
+        r = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and "Traceback" in r.stderr and "UserError: no such experiment file" in r.stderr
+
+
+def test_a_bug_keeps_its_traceback(capsys):
+    """Only UserError is shortened: any other exception (a bug) propagates with its traceback."""
+    from m4mjax.run import cli
+
+    with pytest.raises(RuntimeError, match="a real bug"):
+        with cli.report_errors("demo"):
+            raise RuntimeError("a real bug")
+    with pytest.raises(SystemExit) as e:
+        with cli.report_errors("demo"):
+            raise cli.UserError("bad value\nspread over lines", "--flag")
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "demo: error: bad value spread over lines (--flag)\n"
+    code = "from m4mjax.run import cli\nwith cli.report_errors('demo'):\n    raise KeyError('boom')\n"
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "Traceback" in r.stderr and "KeyError: 'boom'" in r.stderr
+
+
+def test_library_warnings_quiet_unless_verbose():
+    """quiet_logs drops TFDS/orbax records below ERROR (they come through absl's logger), keeps ours and errors."""
+    import logging
+
+    from m4mjax.run import cli
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    logger, handler = logging.getLogger("absl"), Keep()
+    logger.addHandler(handler)
+    try:
+        def log(path: str, level: int, msg: str):
+            logger.handle(logger.makeRecord("absl", level, path, 1, msg, None, None))
+
+        cli.quiet_logs()
+        log("/site-packages/tensorflow_datasets/core/dataset_builder.py", logging.WARNING, "tfds warning")
+        log("/site-packages/orbax/checkpoint/manager.py", logging.INFO, "orbax info")
+        log("/site-packages/orbax/checkpoint/manager.py", logging.ERROR, "orbax error")
+        log("/repo/m4mjax/train.py", logging.WARNING, "our warning")
+        cli.quiet_logs(verbose=True)
+        log("/site-packages/tensorflow_datasets/core/dataset_builder.py", logging.WARNING, "tfds verbose")
+    finally:
+        logger.removeHandler(handler)
+        cli.quiet_logs()
+    assert seen == ["orbax error", "our warning", "tfds verbose"]

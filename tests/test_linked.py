@@ -1,0 +1,347 @@
+"""FA_self / FA_cross links: identity at init, wiring of the cross term and its inputs, LoRA placement,
+cached decoding vs the full forward, the trainable filter, init_from path compatibility, span masking."""
+import jax
+import ml_collections
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from scipy.special import erf
+
+from m4mjax import adapters as ad
+from m4mjax import linked
+from m4mjax.layers import AdapterParam, LoRAParam
+from m4mjax.model import M4MTransformer, model_config
+
+B, F1, F2, L = 2, 6, 5, 9
+
+
+def tiny_cfg(**kw):
+    cfg = model_config(0)
+    cfg.update(width=32, layers=2, heads=2, ffn=64, local_layers=1, local_heads=2, local_ffn=32,
+               max_frame_tokens=L, dropout=0.1)
+    cfg.update(**kw)
+    return cfg
+
+
+def tiny_link(kind, **kw):
+    lk = linked.link_config(kind)
+    lk.update(lora_rank=4, lora_alpha=8.0, adapter_width=16, adapter_heads=4, mask_length=3)
+    lk.update(**kw)
+    return lk
+
+
+def full_cfg(link, **model_kw):
+    return ml_collections.ConfigDict(dict(model=tiny_cfg(**model_kw), link=link))
+
+
+def tokens(seed, F, cfg=None):
+    """Valid frame rows: 2k note tokens, EOS, PAD..."""
+    cfg = cfg or tiny_cfg()
+    rng = np.random.default_rng(seed)
+    out = np.full((B, F, L), cfg.pad_id, np.int32)
+    for b in range(B):
+        for f in range(F):
+            k = rng.integers(0, 4)
+            out[b, f, :2 * k] = rng.integers(0, 3328, 2 * k)
+            out[b, f, 2 * k] = cfg.eos_id
+    return jnp.asarray(out)
+
+
+def randomize(m, kind, seed, std=0.5):
+    """Every variable of type ``kind`` -> N(0, std^2) (so zero-initialised LoRA B, gates, segments act)."""
+    st = nnx.state(m, kind)
+    leaves, tdef = jax.tree.flatten(st)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    nnx.update(m, jax.tree.unflatten(tdef, [jax.random.normal(k, x.shape, x.dtype) * std for k, x in zip(keys, leaves)]))
+
+
+def merge_by_path(base: dict, new: dict, used: list) -> dict:
+    """Independent stand-in for train.py's init_from merge: leaves of ``new`` replace ``base``'s at equal paths."""
+    out = {}
+    for k, v in base.items():
+        n = new.get(k, new.get(str(k)))
+        if isinstance(v, dict):
+            out[k] = merge_by_path(v, n, used) if isinstance(n, dict) else v
+        elif n is not None:
+            assert np.shape(n) == np.shape(v), k
+            out[k], _ = n, used.append(1)
+        else:
+            out[k] = v
+    return out
+
+
+def lm_into(linked_model, lm):
+    """Load the plain LM's parameters into the linked model by path; every LM leaf must find a home."""
+    lm_pure = nnx.state(lm, nnx.Param).to_pure_dict()
+    st = nnx.state(linked_model, nnx.Param)
+    used = []
+    merged = merge_by_path(st.to_pure_dict(), lm_pure, used)
+    assert len(used) == len(jax.tree.leaves(lm_pure))
+    nnx.replace_by_pure_dict(st, merged)
+    nnx.update(linked_model, st)
+
+
+link_logits = nnx.jit(lambda m, r, t: m.link_logits(r, t))
+lm_logits = nnx.jit(lambda m, t: M4MTransformer.__call__(m, t))
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return M4MTransformer(tiny_cfg(), rngs=nnx.Rngs(0))
+
+
+# --- identity at init -----------------------------------------------------------------------------------
+def test_fa_cross_at_init_is_the_lm_on_the_target(lm):
+    m = linked.build(full_cfg(tiny_link("fa_cross")), nnx.Rngs(1))
+    lm_into(m, lm)  # also init_from: the LM's weights land at the same paths
+    ref, tgt = tokens(1, F1), tokens(2, F2)
+    np.testing.assert_allclose(link_logits(m, ref, tgt), lm_logits(lm, tgt), atol=1e-5)
+    randomize(m, LoRAParam, 3)  # sanity: the comparison can fail
+    assert np.abs(link_logits(m, ref, tgt) - lm_logits(lm, tgt)).max() > 1e-3
+
+
+def test_fa_self_invariants(lm):
+    """At init (segment 0, LoRA B 0) the target still attends the reference, so it is NOT the LM on the
+    target alone. What holds: (a) with an empty reference it is exactly the LM on the target; (b) always it
+    equals the LM's own forward over [reference; target] with rotary positions 0..F1-1, 0..F2-1 and segment
+    ids 0/1, sliced to the target frames (checked with LoRA and segment rows nonzero)."""
+    m = linked.build(full_cfg(tiny_link("fa_self")), nnx.Rngs(1))
+    lm_into(m, lm)
+    ref, tgt = tokens(1, F1), tokens(2, F2)
+    np.testing.assert_allclose(link_logits(m, ref[:, :0], tgt), lm_logits(lm, tgt), atol=1e-5)
+    assert np.abs(link_logits(m, ref, tgt) - lm_logits(lm, tgt)).max() > 1e-3  # the reference matters
+    randomize(m, LoRAParam, 3)
+    randomize(m, AdapterParam, 4)
+    both = jnp.concatenate([ref, tgt], axis=1)
+    pos = jnp.asarray(np.r_[np.arange(F1), np.arange(F2)])[None].repeat(B, 0)
+    seg = jnp.asarray(np.r_[np.zeros(F1), np.ones(F2)].astype(np.int32))[None].repeat(B, 0)
+    lm_pos = nnx.jit(lambda m, t, p, s: M4MTransformer.__call__(m, t, positions=p, segment_ids=s)[:, F1:])
+    want = lm_pos(m, both, pos, seg)
+    np.testing.assert_allclose(link_logits(m, ref, tgt), want, atol=1e-4)
+    wrong = lm_pos(m, both, jnp.arange(F1 + F2)[None].repeat(B, 0), seg)
+    assert np.abs(wrong - want).max() > 1e-3  # positions that do not restart would be caught
+
+
+# --- the cross term and its inputs ---------------------------------------------------------------------
+def _np_ln(x, s, b, eps=1e-12):
+    mu = x.mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + eps) * s + b
+
+
+def _np_rope(x, pos):  # x [N,T,H,D]: rotate interleaved pairs by pos * 10000^(-2k/D)
+    D = x.shape[-1]
+    ang = pos[:, :, None, None] * 10000.0 ** (-2 * np.arange(D // 2) / D)
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    out = np.empty_like(x)
+    out[..., 0::2], out[..., 1::2] = x0 * np.cos(ang) - x1 * np.sin(ang), x1 * np.cos(ang) + x0 * np.sin(ang)
+    return out
+
+
+def _np_softmax(s):
+    e = np.exp(s - s.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_cross_term_enters_before_the_layernorm():
+    """Hand-computed block 0 of the target pass with a nonzero gate: LN(x + Attn(x) + g*CrossAttn(x, ref)) ..."""
+    m = linked.LinkedModel(tiny_cfg(dropout=0.0), tiny_link("fa_cross"), rngs=nnx.Rngs(1))
+    randomize(m, AdapterParam, 5)
+    ref, tgt = tokens(1, F1), tokens(2, F2)
+    x = np.asarray(m.global_inputs(m.local_encode(tgt)[0]), np.float64)  # target input to layer 0
+    r = np.asarray(m.global_inputs(m.local_encode(ref)[0]), np.float64)  # reference input to layer 0
+    blk, a = m.global_decoder.blocks[0], m.adapters[0]
+    P = lambda v: np.asarray(v[...], np.float64)
+    qkv = np.einsum("nte,ejhd->ntjhd", x, P(blk.qkv)) + P(blk.qkv_b)
+    pos = np.broadcast_to(np.arange(F2), (B, F2)).astype(np.float64)
+    q, k, v = _np_rope(qkv[:, :, 0], pos), _np_rope(qkv[:, :, 1], pos), qkv[:, :, 2]
+    s = np.einsum("nthd,nshd->nhts", q, k) / np.sqrt(q.shape[-1])
+    s = np.where(np.tril(np.ones((F2, F2), bool)), s, -np.inf)
+    att = np.einsum("nhts,nshd->nthd", _np_softmax(s), v).reshape(B, F2, -1) @ P(blk.o).reshape(-1, 32) + P(blk.o_b)
+
+    def pe(idx):  # interleaved sinusoid of the model width
+        ang = idx[:, None] * np.exp(np.arange(0, 32, 2) * -np.log(10000.0) / 32)
+        return np.stack([np.sin(ang), np.cos(ang)], -1).reshape(len(idx), 32)
+
+    lin = lambda h, w, b: np.einsum("...e,ehd->...hd", h, P(w)) + P(b)
+    pq, pk = lin(pe(np.arange(F2)), a.pos, a.pos_b), lin(pe(np.arange(F1)), a.pos, a.pos_b)
+    aq, ak, av = lin(x, a.q, a.q_b) + pq, lin(r, a.k, a.k_b) + pk, lin(r, a.v, a.v_b) + pk
+    cs = np.einsum("bthd,bshd->bhts", aq, ak) / 2.0  # head_dim 4, no mask: the whole reference is visible
+    ctx = np.einsum("bhts,bshd->bthd", _np_softmax(cs), av)
+    delta = (np.einsum("bthd,hde->bte", ctx, P(a.o)) + P(a.o_b)) * P(a.gate)
+
+    def rest(h):
+        f = h @ P(blk.ff1) + P(blk.ff1_b)
+        f = 0.5 * f * (1 + erf(f / np.sqrt(2))) @ P(blk.ff2) + P(blk.ff2_b)
+        return _np_ln(f + h, P(blk.ln2_scale), P(blk.ln2_bias))
+
+    want = rest(_np_ln(att + delta + x, P(blk.ln1_scale), P(blk.ln1_bias)))
+    after = rest(_np_ln(att + x, P(blk.ln1_scale), P(blk.ln1_bias)) + delta)  # the wiring this test rejects
+    _, _, hiddens = m.link_forward(ref, tgt)
+    np.testing.assert_allclose(hiddens[1], want, atol=1e-4)
+    assert np.abs(after - want).max() > 1e-2
+
+
+def test_adapters_read_each_layers_inputs(monkeypatch):
+    """Spy on the adapters: keys/values come from the reference's input to layer 0, 2, queries from the
+    target's input to the same layer (an independent LM forward of each stream), at absolute frame indices."""
+    m = linked.LinkedModel(tiny_cfg(layers=4), tiny_link("fa_cross", ref_stride=2, target_stride=3),
+                           rngs=nnx.Rngs(1))
+    randomize(m, LoRAParam, 6)  # LoRA on: the LM forwards below must include it too (gates stay 0)
+    seen_kv, seen_q = [], []
+    orig_kv, orig_call = ad.CrossAdapter.project_kv, ad.CrossAdapter.__call__
+    monkeypatch.setattr(ad.CrossAdapter, "project_kv", lambda s, h, i: (seen_kv.append((h, i)), orig_kv(s, h, i))[1])
+    monkeypatch.setattr(ad.CrossAdapter, "__call__",
+                        lambda s, h, i, kv, **kw: (seen_q.append((h, i)), orig_call(s, h, i, kv, **kw))[1])
+    ref, tgt = tokens(1, F1), tokens(2, F2)
+    m.link_forward(ref, tgt)
+    _, ref_h = M4MTransformer.__call__(m, ref, return_hidden=True)
+    _, tgt_h = M4MTransformer.__call__(m, tgt, return_hidden=True)
+    assert len(seen_kv) == len(seen_q) == 2
+    for n, layer in enumerate([0, 2]):
+        np.testing.assert_allclose(seen_kv[n][0], ref_h[layer], atol=1e-5)
+        np.testing.assert_allclose(seen_q[n][0], tgt_h[layer], atol=1e-5)
+        np.testing.assert_array_equal(seen_kv[n][1], np.arange(F1) * 2)
+        np.testing.assert_array_equal(seen_q[n][1], np.arange(F2) * 3)
+    assert np.abs(ref_h[2] - ref_h[1]).max() > 1e-3  # layers are distinguishable
+
+
+# --- LoRA placement -------------------------------------------------------------------------------------
+def test_lora_is_a_delta_on_query_and_value_only():
+    """Merging scale * A @ B into the query and value weights of a plain LM reproduces the LoRA'd model in
+    every stack (scope 'all'); a LoRA that touched key, output or FFN weights could not match."""
+    m = linked.LinkedModel(tiny_cfg(dropout=0.0), tiny_link("fa_self", lora_dropout=0.0), rngs=nnx.Rngs(1))
+    randomize(m, LoRAParam, 7)
+    plain = M4MTransformer(tiny_cfg(dropout=0.0), rngs=nnx.Rngs(0))
+    lm_into(m, plain)  # same base weights in both
+    n = 0
+    for stack in ("local_encoder", "global_decoder", "local_decoder"):
+        for lb, pb in zip(getattr(m, stack).blocks, getattr(plain, stack).blocks):
+            A, Bm = np.asarray(lb.lora_a[...]), np.asarray(lb.lora_b[...])
+            w = np.asarray(pb.qkv[...]).copy()
+            w[:, 0] += np.einsum("er,rhd->ehd", A[0], Bm[0]) * lb.lora_scale  # query
+            w[:, 2] += np.einsum("er,rhd->ehd", A[1], Bm[1]) * lb.lora_scale  # value
+            pb.qkv[...] = jnp.asarray(w)
+            n += 1
+    assert n == 4  # 1 local encoder + 2 global + 1 local decoder blocks
+    tgt = tokens(2, F2)
+    np.testing.assert_allclose(lm_logits(m, tgt), lm_logits(plain, tgt), atol=1e-4)
+
+
+# --- cached decoding ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["fa_self", "fa_cross"])
+def test_cached_steps_equal_the_full_forward(kind):
+    m = linked.LinkedModel(tiny_cfg(layers=4 if kind == "fa_cross" else 2), tiny_link(kind), rngs=nnx.Rngs(1))
+    randomize(m, LoRAParam, 8)
+    randomize(m, AdapterParam, 9)  # gates, segment rows nonzero
+    ref, tgt = tokens(1, F1), tokens(2, F2)
+    g_full, tok_emb, logits_full = nnx.jit(
+        lambda m, r, t: (lambda g, e, _: (g, e, m.local_decode(g, e)))(*m.link_forward(r, t)))(m, ref, tgt)
+    enc = nnx.jit(lambda m, r, p: linked.encode_reference(m, r, F2 - p.shape[1], p))  # same cache size
+    step = nnx.jit(lambda m, s, f: linked.target_step(m, s, f))
+    dec = nnx.jit(lambda m, g, e: m.local_decode(g[:, None], e[:, None])[:, 0])
+    for f0 in (0, 2):  # no target prompt / a 2-frame target prompt
+        state = enc(m, ref, tgt[:, :f0])
+        for t in range(f0, F2):
+            np.testing.assert_allclose(state.g, g_full[:, t], atol=1e-4, err_msg=f"{kind} frame {t}")
+            np.testing.assert_allclose(dec(m, state.g, tok_emb[:, t]), logits_full[:, t], atol=1e-4)
+            state = step(m, state, tgt[:, t])
+
+
+def test_greedy_generate_follows_the_teacher_forced_argmax():
+    m = linked.LinkedModel(tiny_cfg(), tiny_link("fa_cross"), rngs=nnx.Rngs(1))
+    randomize(m, AdapterParam, 10)
+    ref = tokens(1, F1)
+    out = np.asarray(linked.generate(m, ref, jax.random.key(0), n_frames=4, temperature=0.0, scale=0.5))
+    assert out.shape == (B, 4, L)
+    cfg = m.cfg
+    logits = np.array(nnx.jit(lambda m, r, t: m.link_logits(r, t, scale=0.5))(m, ref, jnp.asarray(out)))
+    logits[..., [cfg.sos_id, cfg.pad_id]] = -np.inf
+    for b in range(B):
+        for f in range(4):
+            row = list(out[b, f])
+            end = row.index(cfg.eos_id)
+            assert all(tk == cfg.pad_id for tk in row[end + 1:])
+            for i in range(min(end + 1, L - 1)):
+                assert row[i] == logits[b, f, i].argmax(), (b, f, i)
+
+
+# --- trainable variables, parameter counts ----------------------------------------------------------------
+def _paths(state):
+    return {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(state)}
+
+
+@pytest.mark.parametrize("kind", ["fa_self", "fa_cross"])
+def test_trainable_filter(kind, lm):
+    cfg = full_cfg(tiny_link(kind))
+    m = linked.build(cfg, nnx.Rngs(1))
+    train = _paths(nnx.state(m, linked.trainable(cfg)))
+    frozen = _paths(nnx.state(m, nnx.Not(linked.trainable(cfg))))
+    assert frozen == _paths(nnx.state(lm, nnx.Param))  # exactly the foundation model, at its own paths
+    extra = {"lora_a", "lora_b", "segment_embed", "mask_embed"}
+    assert all(p.split("/")[-1] in extra or p.startswith("adapters/") for p in train)
+    assert ("segment_embed" in train) == (kind == "fa_self") and "mask_embed" in train
+    cfg["link"].train = "full"
+    assert _paths(nnx.state(m, linked.trainable(cfg))) == train | frozen
+
+
+def test_size1_trainable_counts_match_the_official_models():
+    """Official (spec 4): FA_self ~3.54M, FA_cross ~6.79M; LoRA hits all 36 query/value projections."""
+    def count(kind):
+        cfg = ml_collections.ConfigDict(dict(model=model_config(1), link=linked.link_config(kind)))
+        abstract = nnx.eval_shape(lambda: linked.build(cfg, nnx.Rngs(0)))
+        return sum(int(x.size) for x in jax.tree.leaves(nnx.state(abstract, linked.trainable(cfg))))
+
+    E, n_qv = 768, 2 * (12 + 3 + 3)
+    adapter = 4 * (E * 256 + 256) + 256 * E + E + 1
+    assert adapter == 984_833
+    assert count("fa_self") == n_qv * 2 * E * 64 + 2 * 64 + E == 3_539_840
+    assert count("fa_cross") == n_qv * 2 * E * 16 + 6 * adapter + E == 6_794_502
+
+
+def test_init_from_merge_of_train_py(lm):
+    """train.py's init_from merge (by path) puts an LM checkpoint into the linked model, link variables kept."""
+    import importlib
+
+    merge = None
+    for mod, fn in (("m4mjax.steps", "merge_pure"), ("m4mjax.train", "_merge_pure")):
+        try:
+            merge = getattr(importlib.import_module(mod), fn)
+            break
+        except (ImportError, AttributeError):
+            continue
+    if merge is None:
+        pytest.skip("no init_from merge function found (train.py restore being refactored)")
+    m = linked.build(full_cfg(tiny_link("fa_cross")), nnx.Rngs(1))
+    before = nnx.state(m, AdapterParam).to_pure_dict()
+    st = nnx.state(m, nnx.Param)
+    nnx.replace_by_pure_dict(st, merge(st.to_pure_dict(), nnx.state(lm, nnx.Param).to_pure_dict()))
+    nnx.update(m, st)
+    ref, tgt = tokens(1, F1), tokens(2, F2)
+    np.testing.assert_allclose(link_logits(m, ref, tgt), lm_logits(lm, tgt), atol=1e-5)
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(m, AdapterParam).to_pure_dict(), before)
+
+
+# --- span masking ---------------------------------------------------------------------------------------
+def test_span_mask_shapes_and_counts():
+    mask = np.asarray(ad.span_mask(jax.random.key(0), 64, 100, 0.25, 10))
+    for row in mask:  # n in {2, 3} starts (0.25*100/10 + U -> 2 or 3), each a 10-frame span
+        runs = np.diff(np.r_[0, row.astype(int), 0])
+        lengths = np.flatnonzero(runs == -1) - np.flatnonzero(runs == 1)
+        assert lengths.min() >= 10 and 10 <= row.sum() <= 30
+    assert mask.sum(1).max() > 20  # some rows have 3 spans
+    full = np.asarray(ad.span_mask(jax.random.key(1), 4, 12, 1.0, 12))
+    assert full.all()  # one span as long as the stream covers it
+
+
+def test_masked_reference_is_invisible():
+    """mask_stream='reference' with one span covering the whole reference: the target no longer sees it
+    (in training, i.e. with a key); without a key nothing is masked."""
+    lk = tiny_link("fa_cross", mask_stream="reference", mask_prob=1.0, mask_length=F1, lora_dropout=0.0,
+                   adapter_dropout=0.0)
+    m = linked.LinkedModel(tiny_cfg(dropout=0.0), lk, rngs=nnx.Rngs(1))
+    randomize(m, AdapterParam, 11)
+    tgt, key = tokens(2, F2), jax.random.key(3)
+    f = nnx.jit(lambda m, r, t, k: m.link_logits(r, t, key=k))
+    np.testing.assert_allclose(f(m, tokens(1, F1), tgt, key), f(m, tokens(4, F1), tgt, key), atol=1e-5)
+    assert np.abs(link_logits(m, tokens(1, F1), tgt) - link_logits(m, tokens(4, F1), tgt)).max() > 1e-3
