@@ -10,15 +10,13 @@ every override key are checked against the file's ``get_config`` first, so a bad
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib.util
 import os
 import shlex
 import subprocess
 import sys
-from typing import Any
 
-from m4mjax.run import cli
+from m4mjax.run import cli, flag_errors
 
 
 def load_experiment(path: str):
@@ -31,18 +29,6 @@ def load_experiment(path: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-def check_key(cfg: Any, key: str, where: str) -> None:
-    """The dotted override key exists in the config (a UserError with a 'did you mean' otherwise)."""
-    node, parts = cfg, key.split(".")
-    for i, k in enumerate(parts):
-        keys = [str(x) for x in node.keys()] if hasattr(node, "keys") else []
-        if k not in keys:
-            close = difflib.get_close_matches(k, keys, n=1)
-            hint = f"; did you mean {'.'.join(parts[:i] + close)!r}?" if close else ""
-            raise cli.UserError(f"sweep point overrides unknown config key {key!r}{hint}", where)
-        node = node[k]
 
 
 def commands(file_arg: str, root: str, only: str = "") -> list[list[str]]:
@@ -62,7 +48,9 @@ def commands(file_arg: str, root: str, only: str = "") -> list[list[str]]:
         point = dict(point)
         name = point.pop("name")
         for k in point:
-            check_key(cfg, k, f"{path}:{variant} point {name}" if variant else f"{path} point {name}")
+            what = flag_errors.config_key_error(cfg, k)
+            if what:
+                raise cli.UserError(f"sweep point {name}: {what}", f"{path}:{variant}" if variant else path)
         if only and only not in name:
             continue
         cfg_arg = f"{path}:{variant}" if variant else path

@@ -88,7 +88,7 @@ def label_songs(model: nnx.Module, songs: Sequence[Song], frames: int, *, contex
     if not 0 <= context < frames:
         raise cli.UserError(f"must be in [0, {frames}) (the run's window is {frames} frames)", f"--context={context}")
     L = int(model.cfg.max_frame_tokens)
-    B = max(1, min(int(batch_size), len(songs)))
+    B = max(1, min(int(batch_size), 1 << max(len(songs) - 1, 0).bit_length()))  # few shapes: few compiles
     rng = jax.random.key(seed)
     for g in range(0, len(songs), B):
         group = list(songs[g:g + B])

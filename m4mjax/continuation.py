@@ -73,7 +73,9 @@ def held_out_windows(cfg, n: int, frames: int, split: str = "test", min_instrume
         if len(keep) >= n:
             break
     if not keep:
-        raise ValueError(f"no {split} window of {frames} frames with >= {min_instruments} instruments")
+        from m4mjax.run.cli import UserError
+
+        raise UserError(f"no {split} window of {frames} frames with >= {min_instruments} instruments")
     return np.stack(keep)
 
 
@@ -99,7 +101,7 @@ def measure(model, windows: np.ndarray, prompt_frames: int, seed: int = 0, tempe
 
 
 def main(argv=None) -> None:
-    from absl import app, flags
+    from absl import flags
 
     from m4mjax.run import cli
 
@@ -114,26 +116,24 @@ def main(argv=None) -> None:
     FLAGS = flags.FLAGS
 
     def run(_):
-        with cli.report_errors("continuation"):
-            from flax import nnx
+        from flax import nnx
 
-            from m4mjax import model as lm, sample
+        from m4mjax import model as lm, sample
+        from m4mjax.run import io
 
-            cfg = cli.load_config(FLAGS.workdir)
-            if FLAGS.untrained:
-                model = lm.M4MTransformer(cfg.model, rngs=nnx.Rngs(cfg.seed))
-            else:
-                model = sample.load_model(FLAGS.workdir)
-            windows = held_out_windows(cfg, FLAGS.n_prompts, FLAGS.prompt_frames + FLAGS.n_frames)
-            res = measure(model, windows, FLAGS.prompt_frames, FLAGS.seed, FLAGS.temperature, FLAGS.top_p)
-            res["untrained"] = FLAGS.untrained
-            name = "continuation_untrained.json" if FLAGS.untrained else "continuation.json"
-            from m4mjax.run import io
+        cfg = cli.load_config(FLAGS.workdir)
+        if FLAGS.untrained:
+            model = lm.M4MTransformer(cfg.model, rngs=nnx.Rngs(cfg.seed))
+        else:
+            model = sample.load_model(FLAGS.workdir)  # one-line error for a bad/missing run
+        windows = held_out_windows(cfg, FLAGS.n_prompts, FLAGS.prompt_frames + FLAGS.n_frames)
+        res = measure(model, windows, FLAGS.prompt_frames, FLAGS.seed, FLAGS.temperature, FLAGS.top_p)
+        res["untrained"] = FLAGS.untrained
+        name = "continuation_untrained.json" if FLAGS.untrained else "continuation.json"
+        io.atomic_write(os.path.join(FLAGS.workdir, name), json.dumps(res, indent=2))
+        print(json.dumps(res, indent=2))
 
-            io.atomic_write(os.path.join(FLAGS.workdir, name), json.dumps(res, indent=2))
-            print(json.dumps(res, indent=2))
-
-    app.run(run, argv=argv)
+    cli.run_main(run, "m4mjax.continuation", argv=argv)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -160,8 +161,9 @@ def main(argv=None) -> None:
     flags.DEFINE_string("workdir", None, "run directory (config.json + checkpoints/)", required=True)
     flags.DEFINE_string("prompt", None, "prompt MIDI file (default: the first window of the run's test split)")
     flags.DEFINE_string("out", None, "output MIDI path (sample i > 0 gets a _i suffix)", required=True)
-    flags.DEFINE_integer("prompt_frames", 64, "frames of the prompt to keep (16th notes)")
-    flags.DEFINE_integer("n_frames", 64, "frames to generate")
+    flags.DEFINE_integer("prompt_frames", None, "frames of the prompt to keep (16th notes; default: half the "
+                         "run's training window)")
+    flags.DEFINE_integer("n_frames", None, "frames to generate (default: the rest of the training window)")
     flags.DEFINE_float("temperature", 1.0, "sampling temperature (0 = greedy)")
     flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass")
     flags.DEFINE_integer("seed", 0, "random seed")
@@ -171,8 +173,8 @@ def main(argv=None) -> None:
     cli.check_flag("prompt", lambda p: p is None or os.path.isfile(p), "no such file")
     cli.check_flag("out", lambda p: bool(p) and os.path.isdir(os.path.dirname(p) or "."),
                    "must be a file path in an existing folder")
-    cli.check_flag("prompt_frames", lambda n: n >= 1, "must be >= 1")
-    cli.check_flag("n_frames", lambda n: n >= 1, "must be >= 1")
+    cli.check_flag("prompt_frames", lambda n: n is None or n >= 1, "must be >= 1")
+    cli.check_flag("n_frames", lambda n: n is None or n >= 1, "must be >= 1")
     cli.check_flag("num_samples", lambda n: n >= 1, "must be >= 1")
     cli.check_flag("temperature", lambda t: t >= 0, "must be >= 0")
     cli.check_flag("top_p", lambda p: 0 < p <= 1, "must be in (0, 1]")
@@ -181,21 +183,27 @@ def main(argv=None) -> None:
         if len(argv) > 1:
             raise cli.UserError("unexpected positional arguments", " ".join(argv[1:]))
         cfg = cli.load_config(FLAGS.workdir)  # fail fast, before the model and the checkpoint load
+        window = int(cfg.data.frames)  # the model saw positions < window in training
+        prompt_frames = FLAGS.prompt_frames or max(window // 2, 1)
+        n_frames = FLAGS.n_frames or max(window - prompt_frames, 1)
+        if prompt_frames + n_frames > window:
+            print(f"m4mjax.sample: warning: {prompt_frames} + {n_frames} frames exceed the training window of "
+                  f"{window} frames; positions past it were never trained", file=sys.stderr)
         timing = None
         if FLAGS.prompt:
             try:
-                prompt, timing = load_prompt(FLAGS.prompt, FLAGS.prompt_frames, cfg.model.max_frame_tokens)
+                prompt, timing = load_prompt(FLAGS.prompt, prompt_frames, cfg.model.max_frame_tokens)
             except ValueError as e:  # tokenizer.load_midi / midi_to_notes name the file and the problem
                 raise cli.user_error(e, FLAGS.prompt) from e
         model = load_model(FLAGS.workdir)
         if not FLAGS.prompt:
-            prompt = test_prompt(FLAGS.workdir, FLAGS.prompt_frames)
+            prompt = test_prompt(FLAGS.workdir, prompt_frames)
         f0 = prompt.shape[0]
         batch = np.repeat(prompt[None], FLAGS.num_samples, axis=0)
-        out = np.asarray(generate(model, batch, FLAGS.n_frames, jax.random.key(FLAGS.seed), FLAGS.temperature,
+        out = np.asarray(generate(model, batch, n_frames, jax.random.key(FLAGS.seed), FLAGS.temperature,
                                   FLAGS.top_p))
         for path in write_samples(out, FLAGS.out, timing):
-            print(f"wrote {path} ({f0} prompt + {FLAGS.n_frames} sampled frames)")
+            print(f"wrote {path} ({f0} prompt + {n_frames} sampled frames)")
 
     cli.run_main(run, "m4mjax.sample", argv=argv)
 

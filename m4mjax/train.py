@@ -29,7 +29,6 @@ def flops_per_frame(cfg: ml_collections.ConfigDict) -> float:
 # --- the run -------------------------------------------------------------------------------------
 def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -> dict:
     """Train (or resume) the run (cfg, workdir); returns the last logged metrics row."""
-    cli.setup_workdir(workdir, cfg)
     mesh = mesh_lib.make_mesh(cfg.mesh)
     with mesh_lib.use_mesh(mesh):
         s = steps_lib.Setup(cfg, mesh)
@@ -37,14 +36,16 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -
         if dry_run:
             return _dry_run(s, step_fn)
 
+        # Inputs first: a bad dataset or init_from fails here, before the workdir is created.
+        train_data = pipeline.make_dataset(cfg.data, "train", seed=cfg.seed)
+        init = checkpoint.restore_params(cfg.init_from) if cfg.init_from else None
+        cli.setup_workdir(workdir, cfg)
         ckpt = checkpoint.Checkpointer(workdir, cfg.train.ckpt_every, cfg.train.ckpt_keep)
         trainable, frozen, rest = s.init_model()
-        if cfg.init_from:
-            trainable, frozen = s.split_pure(steps_lib.merge_pure(s.params_pure(trainable, frozen),
-                                                                  checkpoint.restore_params(cfg.init_from)))
+        if init is not None:
+            trainable, frozen = s.split_pure(steps_lib.merge_pure(s.params_pure(trainable, frozen), init))
             trainable, frozen = jax.device_put((trainable, frozen), s.shardings[:2])  # onto the mesh
         opt_state = s.init_opt(trainable)
-        train_data = pipeline.make_dataset(cfg.data, "train", seed=cfg.seed)
         start = 0
         restored = ckpt.restore({"params": s.pure_abstract(), "opt": s.abstract_opt})
         if restored is not None:

@@ -206,6 +206,16 @@ def test_adapters_read_each_layers_inputs(monkeypatch):
     assert np.abs(ref_h[2] - ref_h[1]).max() > 1e-3  # layers are distinguishable
 
 
+def test_cross_hook_under_remat():
+    """With remat the adapters still see Python layer indices and give the same logits."""
+    out = []
+    for remat in (False, True):
+        m = linked.LinkedModel(tiny_cfg(remat=remat), tiny_link("fa_cross"), rngs=nnx.Rngs(1))
+        randomize(m, AdapterParam, 12)
+        out.append(link_logits(m, tokens(1, F1), tokens(2, F2)))
+    np.testing.assert_allclose(out[0], out[1], atol=1e-5)
+
+
 # --- LoRA placement -------------------------------------------------------------------------------------
 def test_lora_is_a_delta_on_query_and_value_only():
     """Merging scale * A @ B into the query and value weights of a plain LM reproduces the LoRA'd model in

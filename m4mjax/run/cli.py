@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import json
 import logging as py_logging
 import os
-import re
 import sys
 from typing import Any, Callable, Iterator
 
@@ -116,114 +114,11 @@ def _define_common_flags() -> None:
         flags.DEFINE_bool("debug", False, f"Show the traceback behind a one-line error (or set {DEBUG_ENV}=1).")
 
 
-def _bad_override(cfg: Any, argv: list[str], flag: str) -> UserError | None:
-    """The first ``--<flag>.a.b=v`` override whose key the loaded config lacks, with a 'did you mean'."""
-    for arg in argv[1:]:
-        m = re.match(rf"--{re.escape(flag)}\.([\w.]+)", arg)
-        if not m:
-            continue
-        node, path = cfg, m.group(1).split(".")
-        for i, key in enumerate(path):
-            keys = list(node.keys()) if isinstance(node, (dict, ml_collections.ConfigDict)) else []
-            if key in keys:
-                node = node[key]
-                continue
-            close = difflib.get_close_matches(key, [str(k) for k in keys], n=1)
-            hint = f"; did you mean {'.'.join(path[:i] + close[:1])!r}?" if close else ""
-            what = f"no such config key {'.'.join(path[:i + 1])!r}{hint}" if keys else \
-                f"{'.'.join(path[:i])!r} is not a config section"
-            return UserError(what, f"--{flag}.{m.group(1)}")
-    return None
-
-
-def _config_file_flags() -> list[tuple[str, Any]]:
-    """(name, flag) of every parsed --config-style flag (ml_collections config file flags)."""
-    out = []
-    for name in list(flags.FLAGS):
-        fl = flags.FLAGS[name]
-        try:
-            config_flags.get_config_filename(fl)
-        except (TypeError, AttributeError):
-            continue  # not a config flag
-        except flags.Error:
-            pass  # a config flag whose parse has not finished (an override failed)
-        out.append((name, fl))
-    return out
-
-
-def _argv_value(argv: list[str], name: str) -> str | None:
-    """The value given to --name on the command line (last one wins), or None."""
-    value = None
-    for i, arg in enumerate(argv):
-        if arg.startswith(f"--{name}="):
-            value = arg.split("=", 1)[1]
-        elif arg == f"--{name}" and i + 1 < len(argv):
-            value = argv[i + 1]
-    return value
-
-
-def _config_path(fl: Any) -> str:
-    try:
-        return config_flags.get_config_filename(fl)
-    except flags.Error:
-        return ""
-
-
-def _config_load_error() -> UserError | None:
-    """A config-file flag whose file could not be loaded (ml_collections defers that error to first use)."""
-    for name, fl in _config_file_flags():
-        if fl.value is None:
-            continue
-        try:
-            fl.value.keys()
-        except OSError as e:
-            path = _config_path(fl)
-            what = "no such config file" if path and not os.path.exists(path) else \
-                f"cannot load config file: {str(e).splitlines()[-1].strip()}" if path else "empty config file path"
-            return UserError(what, f"--{name}={path}")
-        except (AttributeError, TypeError):
-            pass
-    return None
-
-
-def _as_user_error(e: Exception, argv: list[str]) -> UserError | None:
-    """A flag-parsing exception as the user's mistake (None: a real bug, keep the traceback)."""
-    if isinstance(e, UserError):
-        return e
-    loaded = _config_load_error()
-    if loaded is not None:
-        return loaded
-    if isinstance(e, (AttributeError, KeyError)):
-        for name, fl in _config_file_flags():
-            cfg, arg = fl.value, _argv_value(argv, name)
-            if cfg is None and arg:  # overrides are applied while --config itself parses: load it again
-                cfg = fl.parser.parse(arg)
-            bad = _bad_override(cfg, argv, name) if cfg is not None else None
-            if bad is not None:
-                return bad
-        return None
-    if isinstance(e, flags.UnrecognizedFlagError):
-        tip = ", ".join(f"--{x}" for x in getattr(e, "suggestions", None) or [])
-        return UserError(f"unknown flag{'; did you mean ' + tip + '?' if tip else ''}", f"--{e.flagname}")
-    if isinstance(e, flags.Error):
-        text = str(e)
-        if "Error whilst parsing config file" in text:  # get_config raised ValueError/TypeError
-            last = [ln for ln in text.splitlines() if ln.strip()][-1].strip()
-            m = re.match(r"flag (--[\w.-]+)=(.*?): ", text)
-            return UserError(re.sub(r"^\w+Error: ", "", last), f"{m.group(1)}={m.group(2)}" if m else None)
-        text = text.strip().splitlines()[0] if text.strip() else type(e).__name__  # the first of several
-        m = re.match(r"flag (--[\w.-]+)=(.*?): (.*)", text, re.S)
-        if m and m.group(3).startswith(f"Flag {m.group(1)} must have a value other than None"):
-            return UserError("missing required flag", m.group(1))
-        if m:
-            return UserError(m.group(3), f"{m.group(1)}={m.group(2)}")
-        return UserError(text)
-    return None
-
-
 def run_main(main: Callable[[list[str]], Any], command: str | None = None, argv: list[str] | None = None) -> None:
     """``app.run(main)`` on the one error path: a bad flag, config file, :variant or override key, or a
     UserError from ``main`` -> one line, exit 2; library logs quiet unless --verbosity/-v."""
+    from m4mjax.run import flag_errors  # imports this module: import it late
+
     command = command or command_name()
     _define_common_flags()
 
@@ -232,11 +127,11 @@ def run_main(main: Callable[[list[str]], Any], command: str | None = None, argv:
             try:
                 rest = flags.FLAGS(args)
             except Exception as e:  # noqa: BLE001  classified below; a bug is re-raised
-                ue = _as_user_error(e, args)
+                ue = flag_errors.as_user_error(e, args)
                 if ue is None:
                     raise
                 raise ue from e
-            loaded = _config_load_error()
+            loaded = flag_errors.config_load_error()
             if loaded is not None:
                 raise loaded
         verbose = not flags.FLAGS["verbosity"].using_default_value
