@@ -9,11 +9,10 @@ file name works (names that are not UTF-8 are written with backslash escapes). E
 listed with its reason in OUT/report.json. Splits: file index (sorted relative paths; files added later get
 the next indices) mod 10 -> 0 test, 1 valid, else train. Read with ``cfg.data.name='prepared'``,
 ``cfg.data.dir=OUT``. User errors (bad flags, unwritable --out, no MIDI files, a run that leaves the dataset
-with no song) print one line ``prepare: error: ...`` and exit 2.
+with no song) print one line ``m4mjax.prepare: error: ...`` and exit 2.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import stat
@@ -22,17 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from m4mjax.datasets import convert
+from m4mjax.run import cli
 
 MIDI_SUFFIXES = (".mid", ".midi", ".smf", ".kar")
 LOADER = "m4mjax.datasets.sources:load_item"  # by name: the parent process never imports the tokenizer
-
-
-class PrepareError(ValueError):
-    """A user error of prepare: ``what`` and the file or flag it concerns (``where``)."""
-
-    def __init__(self, what: str, where: str | None = None):
-        self.what, self.where = what, where
-        super().__init__(f"{what} ({where})" if where else what)
 
 
 def display_name(name: str | os.PathLike) -> str:
@@ -49,7 +41,7 @@ def find_midi(midi_dir: str | Path) -> tuple[list[dict[str, Any]], list[dict[str
     """
     root = os.fspath(midi_dir)
     if not os.path.isdir(root):
-        raise PrepareError("not a directory" if os.path.exists(root) else "no such directory",
+        raise cli.UserError("not a directory" if os.path.exists(root) else "no such directory",
                            f"--midi_dir={display_name(root)}")
     items: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
@@ -106,43 +98,43 @@ def find_midi(midi_dir: str | Path) -> tuple[list[dict[str, Any]], list[dict[str
 
 
 def check_out(midi_dir: str | Path, out: str | Path) -> None:
-    """Raise PrepareError (before anything is created) when ``out`` cannot hold the dataset."""
+    """Raise a UserError (before anything is created) when ``out`` cannot hold the dataset."""
     out_abs, in_abs = Path(out).resolve(), Path(midi_dir).resolve()
     where = f"--out={display_name(out)}"
     if out_abs == in_abs or in_abs in out_abs.parents:
-        raise PrepareError("must not be inside --midi_dir (the input is never modified)", where)
+        raise cli.UserError("must not be inside --midi_dir (the input is never modified)", where)
     if out_abs.exists() and not out_abs.is_dir():
-        raise PrepareError("exists and is not a directory", where)
+        raise cli.UserError("exists and is not a directory", where)
     probe = out_abs
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise PrepareError(f"cannot write into {display_name(probe)}", where)
+        raise cli.UserError(f"cannot write into {display_name(probe)}", where)
     if out_abs.is_dir() and not (out_abs / "plan.json").exists() and any(p.name != "shards" for p in out_abs.iterdir()):
-        raise PrepareError("is a folder prepare did not write (no plan.json); choose a new or empty one", where)
+        raise cli.UserError("is a folder prepare did not write (no plan.json); choose a new or empty one", where)
 
 
 def prepare(midi_dir: str | Path, out: str | Path, workers: int = 2, shard_size: int = 256, progress: bool = True,
             max_chunks: int | None = None) -> dict[str, Any]:
     """Convert midi_dir into out (see module docstring); returns the report (also in out/report.json)."""
     if workers < 1:
-        raise PrepareError("must be >= 1", f"--workers={workers}")
+        raise cli.UserError("must be >= 1", f"--workers={workers}")
     if shard_size < 1:
-        raise PrepareError("must be >= 1", f"--shard_size={shard_size}")
+        raise cli.UserError("must be >= 1", f"--shard_size={shard_size}")
     check_out(midi_dir, out)
     items, skipped = find_midi(midi_dir)
     if not items and not (Path(out) / "plan.json").exists():
         why = f"no MIDI files ({', '.join(MIDI_SUFFIXES)})"
         if skipped:
             why += f"; {len(skipped)} paths skipped, e.g. {skipped[0]['error']}"
-        raise PrepareError(why, f"--midi_dir={display_name(midi_dir)}")
+        raise cli.UserError(why, f"--midi_dir={display_name(midi_dir)}")
     try:
         return convert.convert(items, LOADER, out, shard_size=shard_size, workers=workers, desc="prepare",
                                progress=progress, max_chunks=max_chunks, skipped=skipped)
     except ValueError as e:  # an unreadable or foreign plan.json in --out
-        raise PrepareError(str(e), f"--out={display_name(out)}") from None
+        raise cli.UserError(str(e), f"--out={display_name(out)}") from None
     except OSError as e:  # --out not writable after all (read-only mount, disk full)
-        raise PrepareError(f"cannot write {display_name(e.filename or out)} ({e.strerror or e})",
+        raise cli.UserError(f"cannot write {display_name(e.filename or out)} ({e.strerror or e})",
                            f"--out={display_name(out)}") from None
 
 
@@ -152,30 +144,24 @@ def describe_changes(changes: dict[str, int]) -> str:
     return line + (f", {changes['changed']} changed" if changes.get("changed") else "")
 
 
-class _ArgParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line (no usage block), through the shared error path
-        raise PrepareError(message)
-
-
 def _run(argv: list[str] | None) -> int:
-    ap = _ArgParser(prog="prepare", description=__doc__.split("\n")[0])
+    ap = cli.ArgumentParser(prog="m4mjax.prepare", description=__doc__.split("\n")[0])
     ap.add_argument("--midi_dir", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2)))
     ap.add_argument("--shard_size", type=int, default=256, help="songs per shard (memory per worker)")
     ap.add_argument("--no_progress", action="store_true", help="no progress bar on stderr")
-    ap.add_argument("--debug", action="store_true", help="show the traceback behind a one-line error")
     args = ap.parse_args(argv)
     rep = prepare(args.midi_dir, args.out, args.workers, args.shard_size, progress=not args.no_progress)
     report_path = display_name(Path(args.out) / "report.json")
     if rep["songs"] == 0:
         first = rep["bad"][0] if rep["bad"] else None
-        raise PrepareError(f"no song converted: {len(rep['bad'])} paths skipped"
+        raise cli.UserError(f"no song converted: {len(rep['bad'])} paths skipped"
                            + (f", e.g. {first['error']}" if first else "")
                            + f"; reasons in {report_path}", f"--midi_dir={display_name(args.midi_dir)}")
-    print(f"prepare: {describe_changes(rep['changes'])}", file=sys.stderr)
+    print(f"m4mjax.prepare: {describe_changes(rep['changes'])}", file=sys.stderr)
     if rep["bad"]:
-        print(f"prepare: skipped {len(rep['bad'])} paths, reasons in {report_path}", file=sys.stderr)
+        print(f"m4mjax.prepare: skipped {len(rep['bad'])} paths, reasons in {report_path}", file=sys.stderr)
     print(json.dumps({k: v for k, v in rep.items() if k not in ("bad", "groups")}, indent=1))
     return 0
 
@@ -183,14 +169,8 @@ def _run(argv: list[str] | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: 0 when the dataset holds songs (bad files are reported, not fatal); 2 with one line on
     stderr for a user error (nothing created, except the report of a run whose every file was bad)."""
-    try:
+    with cli.report_errors("m4mjax.prepare"):
         return _run(argv)
-    except PrepareError as e:
-        from m4mjax.run import cli  # only on this path: it imports jax, which the conversion never needs
-
-        with cli.report_errors("prepare"):
-            raise cli.UserError(e.what, e.where) from None
-        return 2  # not reached (report_errors exits)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,8 @@ def inputs(tmp_path: Path) -> Path:
 
     (tmp_path / "empty").mkdir()
     (tmp_path / "run").mkdir()
-    cfg = ConfigDict({"model": {"max_frame_tokens": 17, "vocab_size": 3331}, "data": {"name": "m4m_default/demo"}})
+    cfg = ConfigDict({"model": {"max_frame_tokens": 17, "vocab_size": 3331},
+                   "data": {"name": "m4m_default/demo", "frames": 64}})
     (tmp_path / "run" / "config.json").write_text(json.dumps(cfg.to_dict()))
     (tmp_path / "empty.mid").write_bytes(b"")
     rng = __import__("random").Random(0)

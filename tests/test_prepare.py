@@ -40,7 +40,7 @@ def test_rerun_on_changed_folder(tmp_path, capsys):
     for i in range(5):  # shard_size 4: the last chunk holds one file, the case where new files were lost
         write_song(src / f"s{i}.mid", rng, 40 + 8 * i)
     rc, err = _run(capsys, f"--midi_dir={src}", f"--out={out}", "--workers=1", "--shard_size=4")
-    assert rc == 0 and err[0] == "prepare: +5 new, -0 removed, 0 unchanged"
+    assert rc == 0 and err[0] == "m4mjax.prepare: +5 new, -0 removed, 0 unchanged"
     assert sorted(_songs(out)) == [f"s{i}.mid" for i in range(5)]
 
     write_song(src / "s5.mid", rng, 64)
@@ -49,7 +49,7 @@ def test_rerun_on_changed_folder(tmp_path, capsys):
     write_song(src / "s3.mid", rng, 24)  # edited in place (different length)
     os.utime(src / "s3.mid", ns=(1, 1))
     rc, err = _run(capsys, f"--midi_dir={src}", f"--out={out}", "--workers=1", "--shard_size=4")
-    assert rc == 0 and err[0] == "prepare: +2 new, -1 removed, 3 unchanged, 1 changed"
+    assert rc == 0 and err[0] == "m4mjax.prepare: +2 new, -1 removed, 3 unchanged, 1 changed"
     songs = _songs(out)
     assert sorted(songs) == ["a_first.mid", "s0.mid", "s1.mid", "s3.mid", "s4.mid", "s5.mid"]
     for name in songs:
@@ -65,7 +65,7 @@ def test_rerun_on_changed_folder(tmp_path, capsys):
     assert [b["key"] for b in json.loads((out / "report.json").read_text())["bad"]] == ["s0.mid"]
     (src / "s0.mid").unlink()
     rc, err = _run(capsys, f"--midi_dir={src}", f"--out={out}", "--workers=1")
-    assert rc == 0 and err == ["prepare: +0 new, -1 removed, 5 unchanged"]
+    assert rc == 0 and err == ["m4mjax.prepare: +0 new, -1 removed, 5 unchanged"]
     assert json.loads((out / "report.json").read_text())["bad"] == [] and "s0.mid" not in _songs(out)
 
 
@@ -93,11 +93,11 @@ def test_any_file_name_and_every_skipped_path_reported(tmp_path, capsys):
     songs = _songs(out)
     assert sorted(songs) == ["caf\\xe9.mid", "ok0.mid", "ok1.mid", "ok2.mid", "x.mid/inner.mid"]
     np.testing.assert_array_equal(songs["caf\\xe9.mid"], tok.midi_to_notes(src / latin1)[0])
-    assert err[0] == "prepare: +7 new, -0 removed, 0 unchanged" and "skipped 4 paths" in err[1]  # 2 bad files
+    assert err[0] == "m4mjax.prepare: +7 new, -0 removed, 0 unchanged" and "skipped 4 paths" in err[1]  # 2 bad files
 
 
 def _one_line_error(rc, err, *words):
-    assert rc == 2 and len(err) == 1 and err[0].startswith("prepare: error: "), err
+    assert rc == 2 and len(err) == 1 and err[0].startswith("m4mjax.prepare: error: "), err
     assert all(w in err[0] for w in words), err
 
 

@@ -24,7 +24,7 @@ DEBUG_ENV = "M4MJAX_DEBUG"  # set to 1 (or pass --debug) to see the traceback be
 NOISY_LOGGERS = ("absl", "orbax", "tensorflow", "tensorflow_datasets", "jax", "grain", "etils", "matplotlib")
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """A user's mistake (bad file, flag value, config key, missing workdir): reported as ONE line
     ``<command>: error: <what> (<where>)`` on stderr with exit status 2 and no traceback."""
 

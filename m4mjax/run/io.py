@@ -16,6 +16,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     d = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=d)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the result ordinary permissions
     try:
         yield tmp
         os.replace(tmp, path)
