@@ -16,7 +16,7 @@ import optax
 from absl import flags
 from flax import nnx
 
-from m4mjax.run import checkpoint, cli, io
+from m4mjax.run import checkpoint, cli, io, metrics as metrics_lib
 from symmetry import audio, config as config_lib, data as data_lib, metrics, step as step_lib
 
 FLAGS = flags.FLAGS
@@ -61,13 +61,15 @@ def evaluate(workdir: str, soundfont: str = "", out: str = "") -> dict:
     split = cfg.eval.split
     if soundfont:
         if not os.path.exists(soundfont):
-            raise ValueError(f"--soundfont={soundfont}: no such file")
+            raise cli.UserError("no such file", f"--soundfont={soundfont}")
         cfg.data.unseen_soundfont = os.path.abspath(soundfont)
         split = "unseen"
+    stages = metrics_lib.Stages("symmetry.evaluate", 4)
+    stages.start(f"data ({split} split)")
     ds = data_lib.build_audio_dataset(cfg.data, split)
     x, scored = ds["x"], ds["scored"]
     if not scored.any():
-        raise ValueError(f"split {split!r}: no sequence has a start pitch in {data_lib.SCORED_RANGE}")
+        raise cli.UserError(f"no sequence has a start pitch in {data_lib.SCORED_RANGE}", f"split {split!r}")
 
     @jax.jit
     def encode_all(p, x):
@@ -92,6 +94,7 @@ def evaluate(workdir: str, soundfont: str = "", out: str = "") -> dict:
             return self_bce, prior_bce, jnp.mean((zs(pred) - zs(zp[:, 1:])) ** 2)
         return jax.vmap(one)(p)
 
+    stages.start("encode")
     mu = np.asarray(encode_all(params, jnp.asarray(x)))                             # [S, N, T, d]
     z_first = mu[:, scored, 0, 0]
     emb = metrics.embedding_r2(ds["start_pitch"][scored], z_first)
@@ -108,8 +111,10 @@ def evaluate(workdir: str, soundfont: str = "", out: str = "") -> dict:
             y = np.pad(y, [(0, 0)] * (y.ndim - 2) + [(0, audio.WIN // 2 + 1 - y.shape[-2]), (0, 0)])
         return y
 
+    stages.start(f"synthesis R² (decode, Griffin-Lim, f0 of {cfg.eval.synth_points} points per seed)")
     syn = metrics.synthesis_r2(decode_fn, z_first_all.mean(1), z_first_all.std(1, ddof=1), n=cfg.eval.synth_points,
                                power_input=cfg.eval.griffin_lim_power)
+    stages.start("reconstruction and prior losses")
     self_bce, prior_bce, z_mse = (np.asarray(a) for a in losses_all(params, jnp.asarray(x)))
     result = {
         "workdir": os.path.abspath(workdir), "split": split, "soundfont": cfg.data.unseen_soundfont if soundfont

@@ -41,14 +41,14 @@ def get_config(variant: str = "small"):
         # The foundation the function-alignment tasks start from (--config.init_from): the FULL embedded
         # corpus, 16-bar windows, up to 12 notes per frame (L = 25), 6 global layers; windows drawn in
         # proportion to song length (official FramedDataset) so the multi-track songs are not drowned by
-        # the short folk tunes, which are padded rather than dropped. 400 steps of 8 x 256 frames (820k
-        # frames): ~3 h on this 2-core CPU at the ~60-75 frames/s measured with other jobs beside it.
+        # the short folk tunes, which are padded rather than dropped. 750 steps of 8 x 256 frames (1.5M frames):
+        # ~3 h on this 2-core CPU (143-150 frames/s = ~14 s/step measured idle, 2026-12-01).
         m.update(width=256, layers=6, heads=4, ffn=1024, local_layers=1, local_heads=4, local_ffn=512,
                  max_frame_tokens=25, dropout=0.0)
         c.data.update(name="m4m_default/full", frames=256, batch_size=8, drop_short=False, sampling="length")
         c.optim.lr = 1e-3
         c.optim.warmup_frac = 0.02
-        c.train.update(steps=400, log_every=10, eval_every=100, eval_batches=16, ckpt_every=25)
+        c.train.update(steps=750, log_every=10, eval_every=250, eval_batches=16, ckpt_every=25)
     else:
         raise UserError(f"unknown variant {variant!r} (tiny | demo | small | base | paper)", f"lm_pretrain.py:{variant}")
     return c

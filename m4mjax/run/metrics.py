@@ -138,9 +138,12 @@ class Progress:
                 r[f"{self.unit}_per_s"] = sps * self.units
                 r[f"{self.unit}_per_s_per_device"] = sps * self.units / jax.device_count()
                 line += f"  {sps * self.units:,.0f} {self.unit}/s"
-            if self.flops and self.peak > 0:
-                r["mfu"] = sps * self.flops / (self.peak * jax.device_count())
-                line += f"  MFU {100 * r['mfu']:.1f}%"
+            mfu = sps * self.flops / (self.peak * jax.device_count()) if self.flops and self.peak > 0 else 0.0
+            if 0 < mfu <= 1:
+                r["mfu"] = mfu
+                line += f"  MFU {100 * mfu:.1f}%"
+            elif mfu > 1:  # the cached peak was measured on a busy machine: never print an MFU over 100%
+                line += "  MFU n/a (peak below this rate: set train.peak_flops or delete ~/.cache/m4mjax)"
             else:
                 line += "  MFU n/a"
             line += f"  ETA {_fmt_time((self.total - step) / sps if sps > 0 else float('inf'))}"
@@ -179,6 +182,24 @@ def progress_bar(iterable: Iterable[T], total: int | None, desc: str, stream=Non
     if show:
         done = f"{desc}  {n}{f'/{total}' if total else ''} in {_fmt_time(time.perf_counter() - t0)}"
         print(("\r\033[K" if tty else "") + done, file=stream, flush=True)
+
+
+class Stages:
+    """Progress of a job made of a few long vectorised stages (no per-item loop to count): ``stages.start(name)``
+    prints ``desc [i/n] name  (elapsed, previous stage took ...)`` on stderr (process 0)."""
+
+    def __init__(self, desc: str, n: int, stream=None):
+        self.desc, self.n, self.i, self.stream = desc, n, 0, stream or sys.stderr
+        self.t0 = self.last = time.perf_counter()
+
+    def start(self, name: str) -> None:
+        now = time.perf_counter()
+        self.i += 1
+        prev = f", previous stage {_fmt_time(now - self.last)}" if self.i > 1 else ""
+        self.last = now
+        if jax.process_index() == 0:
+            print(f"{self.desc} [{self.i}/{self.n}] {name}  (elapsed {_fmt_time(now - self.t0)}{prev})",
+                  file=self.stream, flush=True)
 
 
 # --- the MFU denominator: a per-device peak measured once per machine ---------------------------------------
