@@ -15,6 +15,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 
 from m4mjax.run import cli, flag_errors
 
@@ -72,12 +73,14 @@ def main(argv: list[str] | None = None) -> None:
     with cli.report_errors("experiments.sweep"):
         a = p.parse_args(argv)
         cmds = commands(a.file, a.root, a.only)
-    failed = []
+    failed, t0 = [], time.perf_counter()
     for i, cmd in enumerate(cmds):
         line = " ".join(shlex.quote(c) for c in cmd)
         print(line, flush=True)
         if a.run:
-            print(f"[sweep] {i + 1}/{len(cmds)}", file=sys.stderr, flush=True)
+            done = time.perf_counter() - t0
+            eta = f", ETA {done / i * (len(cmds) - i) / 60:.0f} min" if i else ""
+            print(f"[sweep] point {i + 1}/{len(cmds)} (elapsed {done / 60:.0f} min{eta})", file=sys.stderr, flush=True)
             if subprocess.call(cmd) != 0:
                 failed.append(line)
     if failed:

@@ -12,7 +12,7 @@ import pytest
 import symusic
 from flax import nnx
 
-from m4m_fixtures import REPO
+from m4m_fixtures import REPO, tiny_config
 from smf import read_smf
 from m4mjax import analysis_eval, analyze, labels, tasks
 from m4mjax import tokenizer as tok
@@ -63,17 +63,7 @@ def analysis_dir(tmp_path_factory) -> pathlib.Path:
 
 
 def _config(data_dir, **overrides):
-    from experiments.sweep import load_experiment
-
-    cfg = load_experiment(str(REPO / "experiments/m4m/analysis.py")).get_config("tiny")
-    cfg.data.dir = str(data_dir)
-    for k, v in overrides.items():
-        node = cfg
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
-    return cfg
+    return tiny_config(data_dir, "analysis", **overrides)
 
 
 @pytest.fixture(scope="module")
