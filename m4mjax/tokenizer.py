@@ -143,15 +143,16 @@ def midi_to_notes(score: symusic.Score | str | os.PathLike, name: str | None = N
     if not arrs:
         raise ValueError(f"{name}: no notes")
     counts = [len(a["time"]) for a in arrs]  # all tracks at once: one numpy pass instead of one per track
-    ticks = np.concatenate([a["time"] for a in arrs]).astype(np.float64)
-    start = np.floor(ticks * FRAMES_PER_QUARTER / tpq + 0.5)
-    end = np.floor((ticks + np.concatenate([a["duration"] for a in arrs])) * FRAMES_PER_QUARTER / tpq + 0.5)
-    raw = np.empty((len(ticks), len(NOTE_FIELDS)), np.float64)
-    raw[:, FRAME], raw[:, DURATION] = start, end - start
-    raw[:, INSTRUMENT], raw[:, TRACK] = np.repeat(programs, counts), np.repeat(track_ids, counts)
-    raw[:, PITCH] = np.concatenate([a["pitch"] for a in arrs])
-    raw[:, VELOCITY] = np.concatenate([a["velocity"] for a in arrs])
-    return build_notes(raw, name, max_notes_per_frame)
+    ticks = np.concatenate([a["time"] for a in arrs]).astype(np.int64)
+    ends = ticks + np.concatenate([a["duration"] for a in arrs])
+    # frame = floor(ticks * 4 / tpq + 0.5) in exact integer arithmetic: (8 t + tpq) // (2 tpq)
+    start = (2 * FRAMES_PER_QUARTER * ticks + tpq) // (2 * tpq)
+    cols = (start, np.repeat(np.asarray(programs, np.int64), counts),
+            np.concatenate([a["pitch"] for a in arrs]).astype(np.int64),
+            (2 * FRAMES_PER_QUARTER * ends + tpq) // (2 * tpq) - start,
+            np.concatenate([a["velocity"] for a in arrs]).astype(np.int64),
+            np.repeat(np.asarray(track_ids, np.int64), counts))
+    return _finish(cols, name, max_notes_per_frame)
 
 
 def build_notes(raw: np.ndarray, name: str = "<notes>", max_notes_per_frame: int = MAX_NOTES_PER_FRAME
@@ -161,29 +162,45 @@ def build_notes(raw: np.ndarray, name: str = "<notes>", max_notes_per_frame: int
     Checks ranges, maps lengths to duration classes, keeps the longest of exact duplicates (same frame,
     instrument, pitch) and the first ``max_notes_per_frame`` notes of a frame in track order.
     """
-    raw = np.asarray(raw, np.float64).reshape(-1, len(NOTE_FIELDS))
+    raw = np.asarray(raw).reshape(-1, len(NOTE_FIELDS))
+    if raw.dtype.kind != "i":
+        raw = np.asarray(raw, np.float64)
     if len(raw) == 0:
         raise ValueError(f"{name}: no notes")
-    if raw[:, FRAME].min() < 0 or raw[:, FRAME].max() + max(raw[:, DURATION].max(), 1) > MAX_SONG_FRAMES:
-        bad = int(np.argmax(np.where(raw[:, FRAME] < 0, np.inf, raw[:, FRAME] + raw[:, DURATION])))
-        raise ValueError(f"{name}: absurd tick values (a note at 16th-note frame {int(raw[bad, FRAME])} lasting "
-                         f"{int(raw[bad, DURATION])} frames; a song must end before frame {MAX_SONG_FRAMES})")
-    raw = raw.astype(np.int64)
-    if raw[:, PITCH].min() < 0 or raw[:, PITCH].max() > 127:
+    _check_times(raw[:, FRAME], raw[:, DURATION], name)  # before any integer cast can wrap a huge value
+    return _finish(tuple(np.ascontiguousarray(raw[:, c], np.int64) for c in range(len(NOTE_FIELDS))), name,
+                   max_notes_per_frame)
+
+
+def _check_times(frame: np.ndarray, length: np.ndarray, name: str) -> None:
+    if frame.min() < 0 or frame.max() + max(length.max(), 1) > MAX_SONG_FRAMES:
+        bad = int(np.argmax(np.where(frame < 0, np.inf, frame + length)))
+        raise ValueError(f"{name}: absurd tick values (a note at 16th-note frame {int(frame[bad])} lasting "
+                         f"{int(length[bad])} frames; a song must end before frame {MAX_SONG_FRAMES})")
+
+
+def _finish(cols: tuple[np.ndarray, ...], name: str, max_notes_per_frame: int) -> tuple[np.ndarray, int]:
+    """build_notes on six contiguous int64 columns (column arrays: ~2x faster than strided [N, 6] slices)."""
+    frame, ins, pitch, length, vel, track = cols
+    if len(frame) == 0:
+        raise ValueError(f"{name}: no notes")
+    _check_times(frame, length, name)
+    if pitch.min() < 0 or pitch.max() > 127:
         raise ValueError(f"{name}: pitch out of 0..127")
-    n_frames = int(max((raw[:, FRAME] + np.maximum(raw[:, DURATION], 1)).max(), 1))
-    raw[:, DURATION] = duration_class(np.maximum(raw[:, DURATION], 0))
-    raw[:, VELOCITY] = np.clip(raw[:, VELOCITY], 1, 127)
-    raw = raw.astype(np.int32)
-    # dedup (frame, instrument, pitch): keep the longest (stable, first track wins ties)
-    longest_first = raw.copy()
-    longest_first[:, DURATION] = N_DURATIONS - 1 - raw[:, DURATION]
-    raw = raw[np.argsort(_sort_key(longest_first, (FRAME, INSTRUMENT, PITCH, DURATION), (18, 8, 7, 5)), kind="stable")]
-    keep = np.ones(len(raw), bool)
-    for c in (FRAME, INSTRUMENT, PITCH):  # column by column: no [N, 3] copy
-        keep[1:] &= raw[1:, c] == raw[:-1, c]
-    keep[1:] = ~keep[1:]
-    raw = raw[keep]
+    n_frames = int(max((frame + np.maximum(length, 1)).max(), 1))
+    dur = duration_class(np.maximum(length, 0))
+    # dedup (frame, instrument, pitch): keep the longest (stable, first track wins ties). Every field is in range
+    # here (frame < 2^16, instrument/pitch < 128, duration class < 24), so the key needs no clipping.
+    key = (((frame << 8 | ins) << 7 | pitch) << 5) | (N_DURATIONS - 1 - dur)
+    order = np.argsort(key, kind="stable")
+    key = key[order] >> 5
+    keep = np.empty(len(key), bool)
+    keep[0] = True
+    np.not_equal(key[1:], key[:-1], out=keep[1:])
+    order = order[keep]
+    raw = np.empty((len(order), len(NOTE_FIELDS)), np.int32)
+    raw[:, FRAME], raw[:, INSTRUMENT], raw[:, PITCH] = frame[order], ins[order], pitch[order]
+    raw[:, DURATION], raw[:, VELOCITY], raw[:, TRACK] = dur[order], np.clip(vel[order], 1, 127), track[order]
     # per-frame cap in track order (then original order), as the official preprocessing
     if np.bincount(raw[:, FRAME]).max() > max_notes_per_frame:
         raw = raw[np.argsort(_sort_key(raw, (FRAME, TRACK), (18, 16)), kind="stable")]

@@ -20,7 +20,8 @@ from m4mjax.run import io
 
 SPLITS = ("train", "valid", "test")
 FORMAT_VERSION = 2  # bump when FEATURES change; conversion directories record it in plan.json
-ARRAY_RECORD_OPTIONS = "group_size:1"  # one record per chunk: cheap random access by grain
+ARRAY_RECORD_OPTIONS = "group_size:1,zstd:1"  # one record per chunk (cheap random access by grain); zstd level 1:
+# 3.4x faster writes than the default level, reads faster, files 8% larger (measured on the Debian MIDI)
 
 
 def __getattr__(name: str) -> Any:
