@@ -35,7 +35,7 @@ class Setup:
     def __init__(self, cfg: ml_collections.ConfigDict, mesh, with_optimizer: bool = True):
         self.cfg, self.mesh = cfg, mesh
         self.task = tasks_lib.get_task(cfg.task)
-        filters = (self.task.trainable_filter(cfg), nnx.Param, ...)  # trainable | frozen params | everything else
+        filters = (self.task.trainable(cfg), nnx.Param, ...)  # trainable | frozen params | everything else
 
         def build():
             return nnx.split(self.task.build(cfg, nnx.Rngs(cfg.seed)), *filters)

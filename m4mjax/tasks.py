@@ -7,7 +7,7 @@ FA_cross, ``config.link.kind``) reading a reference stream and modelling a time-
 two picked from a song's notes by ``data.reference`` / ``data.target`` selectors (m4mjax.datasets.pipeline).
 The entry carries its default selectors; an experiment config copies them into ``cfg.data``. The trainable
 filter follows ``config.link.train`` ('link': LoRA + adapters; 'full': every parameter), resolved per run by
-``Task.trainable_filter(cfg)``. Conditional generation would be, e.g.::
+``Task.trainable(cfg)``. Conditional generation would be, e.g.::
 
     "chord2melody": linked_task("chord2melody", reference="track:1", target="track:0"),
     "drums2others": linked_task("drums2others", reference="drums", target="others"),
@@ -32,16 +32,12 @@ class Task:
     name: str
     build: Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]  # (full config, rngs) -> model
     loss: Loss                       # (model, batch, dropout key or None) -> (mean loss, metrics)
-    trainable: Any = nnx.Param       # nnx filter: variables the optimizer updates (when trainable_fn is None)
+    trainable: Callable[[ml_collections.ConfigDict], Any] = lambda cfg: nnx.Param  # config -> nnx filter of the
+    # variables the optimizer updates (everything else is frozen)
     streams: tuple[str, ...] = ("tokens",)  # batch keys the task reads
-    trainable_fn: Callable[[ml_collections.ConfigDict], Any] | None = None  # config -> nnx filter (overrides)
     reference: str = ""              # default data.reference selector (two-stream tasks)
     target: str = ""                 # default data.target selector
     evaluate: str = ""               # "module:function" (workdir, cfg, max_batches) -> eval dict; "" = held-out loss
-
-    def trainable_filter(self, cfg: ml_collections.ConfigDict) -> Any:
-        """The nnx filter of the variables the optimizer updates in the run ``cfg``."""
-        return self.trainable_fn(cfg) if self.trainable_fn is not None else self.trainable
 
     def evaluator(self) -> Callable | None:
         """The task's own evaluation function (imported on demand), or None for plain held-out loss."""
@@ -97,7 +93,7 @@ def _linked_trainable(cfg: ml_collections.ConfigDict) -> Any:
 
 def linked_task(name: str, reference: str, target: str, evaluate: str = "") -> Task:
     """A function-alignment task: linked model, loss on the target stream, trainable per ``link.train``."""
-    return Task(name, _linked_build, _linked_loss, streams=("reference", "target"), trainable_fn=_linked_trainable,
+    return Task(name, _linked_build, _linked_loss, streams=("reference", "target"), trainable=_linked_trainable,
                 reference=reference, target=target, evaluate=evaluate)
 
 

@@ -24,6 +24,20 @@ def write_song(path: pathlib.Path, rng: np.random.Generator, n_frames: int = 200
     score.dump_midi(str(path))
 
 
+def random_frames(cfg, B: int, F: int, seed: int = 0):
+    """Valid token rows [B, F, L] for a model config: 0-3 random notes (2 tokens each), EOS, PAD..."""
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(seed)
+    out = np.full((B, F, cfg.max_frame_tokens), cfg.pad_id, np.int32)
+    for b in range(B):
+        for f in range(F):
+            k = rng.integers(0, 4)
+            out[b, f, :2 * k] = rng.integers(0, 3328, 2 * k)
+            out[b, f, 2 * k] = cfg.eos_id
+    return jnp.asarray(out)
+
+
 @pytest.fixture(scope="session")
 def prepared_dir(tmp_path_factory) -> pathlib.Path:
     from m4mjax import prepare

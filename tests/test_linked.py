@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 from scipy.special import erf
 
+from m4m_fixtures import random_frames
 from m4mjax import adapters as ad
 from m4mjax import linked
 from m4mjax.layers import AdapterParam, LoRAParam
@@ -36,16 +37,8 @@ def full_cfg(link, **model_kw):
 
 
 def tokens(seed, F, cfg=None):
-    """Valid frame rows: 2k note tokens, EOS, PAD..."""
-    cfg = cfg or tiny_cfg()
-    rng = np.random.default_rng(seed)
-    out = np.full((B, F, L), cfg.pad_id, np.int32)
-    for b in range(B):
-        for f in range(F):
-            k = rng.integers(0, 4)
-            out[b, f, :2 * k] = rng.integers(0, 3328, 2 * k)
-            out[b, f, 2 * k] = cfg.eos_id
-    return jnp.asarray(out)
+    """Valid frame rows [B, F, L]: 2k note tokens, EOS, PAD..."""
+    return random_frames(cfg or tiny_cfg(), B, F, seed)
 
 
 def randomize(m, kind, seed, std=0.5):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from m4m_fixtures import random_frames
 from m4mjax.model import M4MTransformer, model_config
 from m4mjax.sample import generate, sample_logits
 
@@ -21,14 +22,7 @@ def model():
 
 
 def prompts(cfg, B=3, F0=4, seed=0):
-    rng = np.random.default_rng(seed)
-    out = np.full((B, F0, cfg.max_frame_tokens), cfg.pad_id, np.int32)
-    for b in range(B):
-        for f in range(F0):
-            k = rng.integers(0, 4)
-            out[b, f, :2 * k] = rng.integers(0, 3328, 2 * k)
-            out[b, f, 2 * k] = cfg.eos_id
-    return jnp.asarray(out)
+    return random_frames(cfg, B, F0, seed)
 
 
 def check_layout(rows, cfg):
