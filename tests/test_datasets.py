@@ -150,3 +150,13 @@ def test_data_name_may_be_the_prepared_folder(prepared, tmp_path, monkeypatch):
         pipeline.make_dataset(_cfg(prepared, name=str(tmp_path / "plain")), "test", seed=0)
     with pytest.raises(ValueError, match="nope.*no such folder"):
         pipeline.make_dataset(_cfg(prepared, name=str(tmp_path / "nope")), "test", seed=0)
+
+
+
+def test_features_built_once_under_a_lock():
+    """The TFDS FeaturesDict is built once (decode_song rebuilt it per record) and under the lock that keeps
+    grain's parallel first decodes from deadlocking in TFDS's lazy imports (seen: a run stuck before step 1)."""
+    first = records.decode_song(records.encode_song({"id": "s", "group": "g", "notes": np.zeros((2, 6), int),
+                                                     "n_frames": 3}))
+    assert first["n_frames"] == 3 and records.FEATURES is records._features() is records._features()
+    assert not records._FEATURES_LOCK.locked()

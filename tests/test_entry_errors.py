@@ -23,6 +23,7 @@ ROWS = [
     ("m4mjax.train", [f"--config={LM}:tiny", "--workdir={t}/w", "--config.optim.lr=abc"], "--config.optim.lr"),
     ("m4mjax.train", [f"--config={LM}:tiny", "--workdir="], "--workdir"),
     ("m4mjax.train", [f"--config={LM}:tiny", "--workdir={t}/w", "--bogus_flag"], "--bogus_flag"),
+    ("m4mjax.train", [f"--config={LM}:tiny", "--workdir={t}/w", "--config.data.dir={t}/empty"], "data.name"),
     ("symmetry.train", [f"--config={SPS}:bogus", "--workdir={t}/w"], "bogus"),
     ("symmetry.train", [f"--config={SPS}:tiny", "--workdir={t}/w", "--config.model.KK=3"], "model.KK"),
     ("m4mjax.evaluate", ["--workdir={t}/missing"], "missing"),

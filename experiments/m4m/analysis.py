@@ -16,7 +16,7 @@ FA_self or FA_cross.
   python -m m4mjax.analyze --workdir=workdirs/analysis_fa_self song.mid --out=analysed/
 
 Variants: tiny (tests, seconds; init_from a lm_pretrain.py:tiny run), small (this CPU: the model section is
-lm_pretrain.py:base's, init_from workdirs/lm_base, 8-bar windows), paper (official size 1, batch 8, lr 1e-4,
+lm_pretrain.py:base's, init_from workdirs/lm_base, 4-bar windows), paper (official size 1, batch 8, lr 1e-4,
 60k steps, 384-frame windows; init_from the converted official foundation model).
 Switches: ``--config.link.kind=fa_self|fa_cross`` (LoRA rank/alpha follow the kind while left at 0),
 ``--config.link.train=link|full``; from scratch = ``link.train=full`` with an empty ``init_from``.
@@ -63,10 +63,12 @@ def get_config(variant: str = "small"):
         c.analyze.context = 4
     elif variant == "small":
         c.init_from = "workdirs/lm_base"
-        c.data.update(frames=128, batch_size=8)  # 8 bars of 4/4: chords and bars need little more context
-        c.optim.update(lr=1e-3, warmup_frac=0.02)
-        c.train.update(steps=1500, log_every=25, eval_every=250, eval_batches=8, ckpt_every=250)
-        c.analyze.context = 32
+        # 4 bars of 4/4 (FA_self reads 2 x 64 frames per row): chords and bars need little more context, and
+        # windows overlap by `analyze.context` label frames when a song is analysed. 100 steps: ~10-15 min here.
+        c.data.update(frames=64, batch_size=8)
+        c.optim.update(lr=1e-3, warmup_frac=0.05)
+        c.train.update(steps=100, log_every=10, eval_every=100, eval_batches=8, ckpt_every=25)
+        c.analyze.context = 16
     else:  # paper: official fine-tuning (spec §4c)
         c.data.update(frames=384, batch_size=8)
         c.optim.update(lr=1e-4)

@@ -107,8 +107,10 @@ def open_split(cfg_data: Any, split: str) -> tuple[Any, np.ndarray]:
         variant = cfg_data.name.split("/", 1)[1]
         b = default.builder(variant, cfg_data.dir)
         if not Path(b.data_dir).joinpath("dataset_info.json").exists():
-            raise ValueError(f"data.name={cfg_data.name!r}: not built under {cfg_data.dir!r}; run "
-                             f"`python -m m4mjax.datasets.default --variant={variant} --data_dir={cfg_data.dir}`")
+            from m4mjax.run.cli import UserError
+
+            raise UserError(f"{cfg_data.name} is not built under {cfg_data.dir}; run `python -m "
+                            f"m4mjax.datasets.default --variant={variant} --data_dir={cfg_data.dir}`", "data.name")
         src = _DecodedTfds(b.as_data_source()[split])
         side = Path(b.data_dir) / f"lengths-{split}.json"
         if side.exists():
