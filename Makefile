@@ -22,7 +22,7 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 .venv/.installed: pyproject.toml .venv/.apt-done
 	@test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,torch]'
 	@touch $@
 
 install: .venv/.installed

@@ -84,14 +84,19 @@ def window_starts(n_frames: int, frames: int, context: int) -> list[int]:
 
 def label_songs(model: nnx.Module, songs: Sequence[Song], frames: int, *, context: int = 0, batch_size: int = 8,
                 temperature: float = 0.0, seed: int = 0) -> Iterator[Result]:
-    """Analyse ``songs`` in order (one Result per song, yielded as each batch of songs finishes)."""
+    """Analyse ``songs`` (one Result per song, yielded in the given order). Songs are batched by length, so a
+    batch's short songs do not wait idle through its longest one's windows."""
     if not 0 <= context < frames:
         raise cli.UserError(f"must be in [0, {frames}) (the run's window is {frames} frames)", f"--context={context}")
     L = int(model.cfg.max_frame_tokens)
     B = max(1, min(int(batch_size), 1 << max(len(songs) - 1, 0).bit_length()))  # few shapes: few compiles
     rng = jax.random.key(seed)
+    order = sorted(range(len(songs)), key=lambda i: songs[i].n_frames)
+    done: dict[int, Result] = {}
+    nxt = 0  # next song (in the given order) to yield
     for g in range(0, len(songs), B):
-        group = list(songs[g:g + B])
+        members = order[g:g + B]
+        group = [songs[i] for i in members]
         plans = [window_starts(s.n_frames, frames, context) for s in group]
         out = [np.full((max(s.n_frames, frames), L), tok.PAD, np.int32) for s in group]
         known = [0] * len(group)  # frames of each song's target decided so far
@@ -101,7 +106,8 @@ def label_songs(model: nnx.Module, songs: Sequence[Song], frames: int, *, contex
             live = [i for i, p in enumerate(plans) if r < len(p)]
             for i in live:
                 s, st = group[i], plans[i][r]
-                ref[i] = tok.notes_to_tokens(s.notes, st, frames, L, song_frames=s.n_frames)
+                ref[i] = tok.notes_to_tokens(s.notes, st, frames, L, song_frames=s.n_frames,
+                                             row_format=model.cfg.get("row_format", "eos"))
                 if r:
                     prompt[i] = out[i][st:st + context]
             gen = _sample(model, ref, prompt if r and context else None, frames - (context if r else 0),
@@ -111,8 +117,11 @@ def label_songs(model: nnx.Module, songs: Sequence[Song], frames: int, *, contex
                 new = max(known[i], st)  # frames already decided keep their labels
                 out[i][new:st + frames] = gen[i][new - st:frames]
                 known[i] = st + frames
-        for s, toks in zip(group, out):
-            yield decode(toks[:s.n_frames], s.n_frames)
+        for i, s, toks in zip(members, group, out):
+            done[i] = decode(toks[:s.n_frames], s.n_frames)
+        while nxt in done:
+            yield done.pop(nxt)
+            nxt += 1
 
 
 def decode(target_tokens: np.ndarray, n_frames: int) -> Result:

@@ -23,6 +23,7 @@ def defaults() -> ml_collections.ConfigDict:
                                         # --out` folder (e.g. data/mine) | 'prepared' (the folder in data.dir)
     c.data.dir = "data/tfds"            # TFDS data_dir, or the `m4mjax.prepare --out` folder for 'prepared'
     c.data.max_frame_tokens = c.model.get_ref("max_frame_tokens")  # tokens per frame row (L), follows the model
+    c.data.row_format = c.model.get_ref("row_format")  # EOS always / only in short rows, follows the model
     c.data.sampling = "song"            # training windows: 'song' (one per song per epoch) | 'length' (per song length)
     c.data.drop_short = True            # drop songs shorter than a window (as the paper); else pad them
     c.data.reference = ""               # two-stream tasks: reference stream selector ('drums', 'track:0', ...)
@@ -34,7 +35,9 @@ def defaults() -> ml_collections.ConfigDict:
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-4                   # peak learning rate (spec: 1e-4; 5e-5 for size >= 2)
-    c.optim.schedule = "onecycle"       # 'onecycle' (official) or 'constant'
+    c.optim.schedule = "onecycle"       # 'onecycle' (optax's) | 'torch_onecycle' (the official torch OneCycleLR
+                                        # exactly: its phase ends, beta1 cycled over momentum_range) | 'constant'
+    c.optim.momentum_range = (0.85, 0.95)  # torch_onecycle: beta1 from max to min in warm-up and back (b1 unused)
     c.optim.warmup_frac = 0.005         # warm-up as a fraction of train.steps
     c.optim.weight_decay = 0.01         # AdamW decoupled weight decay
     c.optim.b1 = 0.9                    # Adam beta1
@@ -43,6 +46,8 @@ def defaults() -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 2_000_000           # total optimiser steps
+    c.train.microbatches = 1            # split each global batch into k sequential micro-batches (gradient
+                                        # accumulation in the step: the same update, ~1/k the activation memory)
     c.train.log_every = 50              # metrics.jsonl / progress line cadence
     c.train.eval_every = 1000           # held-out loss cadence (0 = never during training)
     c.train.eval_batches = 25           # batches per held-out evaluation (windows spread evenly over the split)

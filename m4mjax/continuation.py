@@ -1,7 +1,7 @@
 """Does a foundation LM keep playing the prompt's band? A continuation measure on held-out prompts.
 
     python -m m4mjax.continuation --workdir=W [--untrained] [--n_prompts=32 --prompt_frames=128 --n_frames=128]
-        -> W/continuation.json (or W/continuation_untrained.json)
+        [--data_name=m4m_default/full] [--out=FILE]  -> W/continuation.json (or W/continuation_untrained.json)
 
 Held-out test windows of ``prompt_frames + n_frames`` frames: the first part is the prompt, the model samples
 the rest. Per prompt (averaged over prompts, beside the same numbers for the true continuation):
@@ -113,6 +113,9 @@ def main(argv=None) -> None:
     flags.DEFINE_float("temperature", 1.0, "sampling temperature", lower_bound=0.0)
     flags.DEFINE_float("top_p", 0.95, "nucleus mass", lower_bound=0.0, upper_bound=1.0)
     flags.DEFINE_integer("seed", 0, "sampling seed")
+    flags.DEFINE_string("data_name", "", "take the prompts from another dataset (e.g. m4m_default/full), so runs "
+                        "trained on different data are measured on the same prompts")
+    flags.DEFINE_string("out", "", "output JSON (default W/continuation[_untrained].json)")
     FLAGS = flags.FLAGS
 
     def run(_):
@@ -122,15 +125,17 @@ def main(argv=None) -> None:
         from m4mjax.run import io
 
         cfg = cli.load_config(FLAGS.workdir)
+        if FLAGS.data_name:
+            cfg.data.name = FLAGS.data_name
         if FLAGS.untrained:
             model = lm.M4MTransformer(cfg.model, rngs=nnx.Rngs(cfg.seed))
         else:
             model = sample.load_model(FLAGS.workdir)  # one-line error for a bad/missing run
         windows = held_out_windows(cfg, FLAGS.n_prompts, FLAGS.prompt_frames + FLAGS.n_frames)
         res = measure(model, windows, FLAGS.prompt_frames, FLAGS.seed, FLAGS.temperature, FLAGS.top_p)
-        res["untrained"] = FLAGS.untrained
+        res.update(untrained=FLAGS.untrained, data=cfg.data.name)
         name = "continuation_untrained.json" if FLAGS.untrained else "continuation.json"
-        io.atomic_write(os.path.join(FLAGS.workdir, name), json.dumps(res, indent=2))
+        io.atomic_write(FLAGS.out or os.path.join(FLAGS.workdir, name), json.dumps(res, indent=2))
         print(json.dumps(res, indent=2))
 
     cli.run_main(run, "m4mjax.continuation", argv=argv)

@@ -12,6 +12,7 @@ import json
 import math
 import os
 
+import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
@@ -26,6 +27,8 @@ def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Run directory written by m4mjax.train.", required=True)
     flags.DEFINE_integer("max_batches", 0, "Batches per split, windows spread over it (0 = the whole split).")
     flags.DEFINE_string("splits", "valid,test", "Comma-separated held-out splits.")
+    flags.DEFINE_string("data_name", "", "Score on another dataset (e.g. m4m_default/full) with the run's own "
+                        "windows; writes W/eval_<name>.json instead of W/eval.json.")
     cli.check_nonempty_flag("workdir")
     cli.check_flag("max_batches", lambda n: n >= 0, "must be >= 0")
     cli.check_flag("splits", lambda s: all(x in ("train", "valid", "test") for x in s.split(",")),
@@ -53,16 +56,35 @@ def unigram_loss(cfg, counts: np.ndarray, split: str, max_batches: int) -> float
     return tot / max(n, 1)
 
 
-def evaluate(workdir: str, splits=("valid", "test"), max_batches: int = 0) -> dict:
-    """Score the latest checkpoint of ``workdir`` on ``splits``; writes and returns W/eval.json's content."""
+def global_spread(model, tokens) -> float:
+    """How much the global decoder's output changes from frame to frame: its std over frames divided by its
+    std over features (mean over the batch; the SOS position left out). An untrained model gives ~0.2; near 0
+    the global decoder has collapsed to one output for every frame, so nothing of the context (or of a linked
+    reference) reaches the local decoder: the frame's first token then has the same distribution everywhere."""
+    frames, _ = model.local_encode(jnp.asarray(tokens))
+    g, _, _ = model.global_decode(model.global_inputs(frames))
+    g = np.asarray(g, np.float64)[:, 1:]
+    return float(g.std(axis=1).mean() / max(g.std(axis=-1).mean(), 1e-12))
+
+
+SPREAD_WARNING = 0.01  # below this, evaluate warns that the global decoder has collapsed
+
+
+def evaluate(workdir: str, splits=("valid", "test"), max_batches: int = 0, data_name: str = "") -> dict:
+    """Score the latest checkpoint of ``workdir`` on ``splits``; writes and returns W/eval.json's content
+    (``data_name``: another dataset's splits, written to W/eval_<name>.json)."""
     cfg = cli.load_config(workdir)
+    out_name = "eval.json"
+    if data_name:
+        cfg.data.name = data_name
+        out_name = "eval_" + "".join(c if c.isalnum() or c in "-." else "_" for c in data_name) + ".json"
     from m4mjax import tasks as tasks_lib
 
     task_eval = tasks_lib.get_task(cfg.get("task", "lm")).evaluator()
     if task_eval is not None:  # a task with its own measure (analysis: mir_eval chords + downbeat F)
         return task_eval(workdir, cfg, max_batches)
     mesh = mesh_lib.make_mesh(cfg.mesh)
-    out = {"workdir": os.path.abspath(workdir), "step": checkpoint.latest_step(workdir)}
+    out = {"workdir": os.path.abspath(workdir), "step": checkpoint.latest_step(workdir), "data": cfg.data.name}
     with mesh_lib.use_mesh(mesh):
         s = steps_lib.Setup(cfg, mesh, with_optimizer=False)
         _, _, rest = s.init_model()
@@ -76,14 +98,21 @@ def evaluate(workdir: str, splits=("valid", "test"), max_batches: int = 0) -> di
             out[split] = r
             print(f"{split}: loss {r['loss']:.4f}  ppl {r['perplexity']:.2f}  acc {r['accuracy']:.3f}  "
                   f"| unigram ppl {r['unigram_perplexity']:.2f}  ({int(r['tokens'])} tokens, {r['covers']})")
-    io.atomic_write(os.path.join(workdir, "eval.json"), json.dumps(out, indent=2))
-    print(f"wrote {os.path.join(workdir, 'eval.json')}")
+    from m4mjax import sample
+
+    batch = next(iter(steps_lib.eval_batches(cfg, splits[-1], 1)[0]))
+    out["global_spread"] = global_spread(sample.load_model(workdir), batch["tokens"])
+    print(f"global spread {out['global_spread']:.2g}" + (
+        f"  WARNING: below {SPREAD_WARNING}: the global decoder gives (almost) the same output for every frame"
+        if out["global_spread"] < SPREAD_WARNING else ""))
+    io.atomic_write(os.path.join(workdir, out_name), json.dumps(out, indent=2))
+    print(f"wrote {os.path.join(workdir, out_name)}")
     return out
 
 
 def main(argv):
     del argv
-    evaluate(FLAGS.workdir, tuple(FLAGS.splits.split(",")), FLAGS.max_batches)
+    evaluate(FLAGS.workdir, tuple(FLAGS.splits.split(",")), FLAGS.max_batches, FLAGS.data_name)
 
 
 if __name__ == "__main__":

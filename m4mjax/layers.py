@@ -7,7 +7,8 @@ like PyTorch defaults (uniform +-1/sqrt(fan_in)) because the official modules ne
 
 Parameter layout (for the HF converter): ``qkv[e, j, h, d]`` = ``{query,key,value}[j].weight[h*D+d, e]``,
 ``o[h, d, e]`` = ``output.dense.weight[e, h*D+d]``, ``ff1``/``ff2`` = ``intermediate``/``output`` dense
-weights transposed, ``ln1``/``ln2`` = ``attention.output.LayerNorm`` / ``output.LayerNorm``.
+weights transposed, ``ln1``/``ln2`` = ``attention.output.LayerNorm`` / ``output.LayerNorm``; a learned
+``Stack.pos_table`` = the encoder's ``embed_positions.weight``.
 """
 from __future__ import annotations
 
@@ -86,10 +87,12 @@ def sinusoid_table(n: int, dim: int) -> np.ndarray:
     return np.concatenate([np.sin(pos * w), np.cos(pos * w)], axis=1).astype(np.float32)
 
 
-def rope(positions: jax.Array, dim: int, n_table: int, extra: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """(sin, cos) [N, T, 1, dim/2] for integer ``positions`` [N, T]; ``extra`` [N, T, dim] is added to the
-    table first (FA_self's learned segment embedding)."""
-    table = jnp.take(jnp.asarray(sinusoid_table(n_table, dim)), positions, axis=0, mode="clip")
+def rope(positions: jax.Array, table: jax.Array, extra: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(sin, cos) [N, T, 1, dim/2] for integer ``positions`` [N, T] from a position ``table`` [n, dim] (sin
+    half, cos half, as HF RoFormer; fixed sinusoids or learned); ``extra`` [N, T, dim] is added to the looked-up
+    rows first (FA_self's learned segment embedding). A position past the table gives NaN, never a clipped
+    row (``Stack`` raises first wherever the positions are known at trace time)."""
+    table = jnp.take(table, positions, axis=0, mode="fill", fill_value=jnp.nan)
     if extra is not None:
         table = table + extra.astype(table.dtype)
     sin, cos = jnp.split(table[:, :, None, :], 2, axis=-1)
@@ -174,18 +177,50 @@ class Stack(nnx.Module):
     """A RoFormer encoder stack (a Python loop over blocks, so per-layer hooks stay plain Python)."""
 
     def __init__(self, n_layers: int, width: int, heads: int, ffn: int, *, remat: bool = False,
-                 max_positions: int = 1536, **block_kw):
+                 max_positions: int = 1536, position_table: str = "sinusoid", limit: str = "positions",
+                 **block_kw):
+        """``position_table``: 'sinusoid' (fixed HF table) or 'learned' (a [max_positions, head_dim] parameter,
+        N(0,1) at init: what the official modules hold under transformers 4.52.4); ``limit`` names the config
+        key that sets ``max_positions`` (for the error when positions run past it)."""
+        if position_table not in ("sinusoid", "learned"):
+            raise ValueError(f"position table must be 'sinusoid' or 'learned', got {position_table!r}")
         rngs = block_kw.pop("rngs")
+        self.head_dim = width // heads
+        if position_table == "learned":  # torch nn.Embedding init
+            self.pos_table = param(rngs, nnx.initializers.normal(1.0), (max_positions, self.head_dim),
+                                   (None, "head_dim"), block_kw.get("param_dtype", jnp.float32))
         self.blocks = nnx.List([Block(width, heads, ffn, rngs=rngs, **block_kw) for _ in range(n_layers)])
-        self.remat, self.max_positions, self.head_dim = remat, max_positions, width // heads
+        self.remat, self.max_positions, self.limit = remat, max_positions, limit
         self.heads = heads
+
+    def table(self) -> jax.Array:
+        """The [max_positions, head_dim] rotary table (sin half, cos half), fixed or learned."""
+        if hasattr(self, "pos_table"):
+            return self.pos_table[...].astype(jnp.float32)
+        return jnp.asarray(sinusoid_table(self.max_positions, self.head_dim))
+
+    def check_positions(self, positions: jax.Array, cache: list[KV] | None) -> None:
+        """Raise when positions can run past the table: known values, else the cache length, else the sequence
+        length (every caller's positions stay below it)."""
+        if cache is not None:
+            top = cache[0][0].shape[1]
+        elif isinstance(positions, jax.core.Tracer):
+            top = positions.shape[-1]
+        else:
+            top = int(np.max(np.asarray(positions))) + 1 if np.size(positions) else 0
+        if top > self.max_positions:
+            from m4mjax.run.cli import UserError
+
+            raise UserError(f"rotary positions up to {top - 1} but the position table holds {self.max_positions} "
+                            "(longer windows need a longer table)", self.limit)
 
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None, *,
                  rope_extra: jax.Array | None = None, cross: Cross | None = None,
                  cache: list[KV] | None = None, cache_index: jax.Array | int = 0,
                  key: jax.Array | None = None) -> tuple[jax.Array, list[jax.Array], list[KV] | None]:
         """Run all layers; returns (output, every layer's input hidden state, new caches or None)."""
-        sin, cos = rope(positions, self.head_dim, self.max_positions, rope_extra)
+        self.check_positions(positions, cache)
+        sin, cos = rope(positions, self.table(), rope_extra)
         hiddens, new_caches = [], []
         for i, blk in enumerate(self.blocks):
             hiddens.append(x)

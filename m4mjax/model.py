@@ -22,6 +22,7 @@ from m4mjax.run.mesh import constrain
 
 __all__ = ["model_config", "M4MTransformer", "lm_loss", "loss_fn", "count_params", "LoRAParam", "AdapterParam"]
 
+LOCAL_POSITIONS = 1536  # the local stacks' rotary table length (the official local configs' default)
 # size -> (width, layers, heads, ffn) of the global decoder (spec 3)
 SIZES = {0: (512, 6, 8, 1024), 1: (768, 12, 12, 3072), 2: (1024, 24, 16, 4096), 3: (1280, 32, 16, 5120)}
 
@@ -36,11 +37,16 @@ def model_config(size: int = 1) -> ml_collections.ConfigDict:
         vocab_size=3331,  # 3328 normal tokens + SOS, EOS, PAD
         sos_id=3328, eos_id=3329, pad_id=3330,  # special token ids (from the tokenizer)
         max_frame_tokens=33,  # L: tokens per frame row (16 notes x 2 + EOS)
+        row_format="eos",  # 'eos': every row ends with EOS (L = 2 x notes + 1) | 'official': up to L/2 notes, EOS
+        # only when fewer (the official rows: L = 32)
         width=width, layers=layers, heads=heads, ffn=ffn,  # global decoder
         local_layers=3, local_heads=8, local_ffn=768,  # local encoder and local decoder
         dropout=0.1,  # hidden and attention-probability dropout
         layer_norm_eps=1e-12,  # HF RoFormer default
-        max_frames=1536,  # rotary table length (max frame position)
+        max_frames=1536,  # global rotary table length: frame positions must stay below it
+        position_tables="sinusoid",  # rotary tables: 'sinusoid' (fixed) | 'learned' (all three stacks: trainable,
+        # N(0,1) init, what the official modules hold under transformers 4.52.4) | 'learned_local' (local stacks
+        # learned, global fixed: the official FA models, whose loader rebuilds the global sinusoids)
         dtype="float32",  # compute dtype: float32 | bfloat16 (LayerNorm, softmax, loss stay float32)
         param_dtype="float32",  # storage dtype of parameters
         remat=False,  # rematerialise each block in the backward pass (saves memory, costs ~1/3 more FLOPs)
@@ -67,13 +73,21 @@ class M4MTransformer(nnx.Module):
                       rngs=rngs)
         lora = dict(lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
         local_lora = lora if cfg.lora_scope == "all" else {}
+        tables = cfg.get("position_tables", "sinusoid")  # absent from configs written before the key existed
+        if tables not in ("sinusoid", "learned", "learned_local"):
+            raise ValueError(f"model.position_tables must be 'sinusoid', 'learned' or 'learned_local', got {tables!r}")
+        local_pos = dict(max_positions=LOCAL_POSITIONS, limit="model.max_frame_tokens",
+                         position_table="sinusoid" if tables == "sinusoid" else "learned")
+        global_pos = dict(max_positions=cfg.max_frames, limit="model.max_frames",
+                          position_table="learned" if tables == "learned" else "sinusoid")
         normal = nnx.initializers.normal(1.0)  # torch nn.Embedding / randn init
         self.embed = param(rngs, normal, (V, E), ("vocab", "embed"), pdt)
         self.global_sos = param(rngs, normal, (E,), ("embed",), pdt)
-        self.local_encoder = Stack(cfg.local_layers, E, cfg.local_heads, cfg.local_ffn, **common, **local_lora)
-        self.global_decoder = Stack(cfg.layers, E, cfg.heads, cfg.ffn, max_positions=cfg.max_frames,
-                                    **common, **lora)
-        self.local_decoder = Stack(cfg.local_layers, E, cfg.local_heads, cfg.local_ffn, **common, **local_lora)
+        self.local_encoder = Stack(cfg.local_layers, E, cfg.local_heads, cfg.local_ffn, **local_pos, **common,
+                                   **local_lora)
+        self.global_decoder = Stack(cfg.layers, E, cfg.heads, cfg.ffn, **global_pos, **common, **lora)
+        self.local_decoder = Stack(cfg.local_layers, E, cfg.local_heads, cfg.local_ffn, **local_pos, **common,
+                                   **local_lora)
         self.head = param(rngs, torch_uniform(E), (E, V), ("embed", "vocab"), pdt)
         self.head_b = param(rngs, torch_uniform(E), (V,), ("vocab",), pdt)
         if cfg.segment_embedding:  # zero-initialised: training starts from the unmodified LM

@@ -58,7 +58,8 @@ def sample_frame(model: M4MTransformer, g: jax.Array, key: jax.Array, temperatur
         logits, cache = model.local_step(x, i, cache)
         key, k = jax.random.split(key)
         tok = sample_logits(jnp.where(banned, -jnp.inf, logits), k, temperature, top_p)
-        tok = jnp.where(i == L - 1, cfg.eos_id, tok)  # no room left: end the frame
+        if cfg.get("row_format", "eos") == "eos":  # official rows may be full (no EOS)
+            tok = jnp.where(i == L - 1, cfg.eos_id, tok)  # no room left: end the frame
         tok = jnp.where(done, cfg.pad_id, tok)
         toks = jax.lax.dynamic_update_slice_in_dim(toks, tok[:, None], i, axis=1)
         return i + 1, model.embed_tokens(tok), cache, toks, done | (tok == cfg.eos_id), key
@@ -126,7 +127,7 @@ def test_prompt(workdir: str, frames: int):
     return next(iter(pipeline.make_dataset(cfg.data, "test", seed=0)))["tokens"][0]
 
 
-def load_prompt(path: str, frames: int, max_frame_tokens: int) -> tuple[np.ndarray, dict]:
+def load_prompt(path: str, frames: int, max_frame_tokens: int, row_format: str = "eos") -> tuple[np.ndarray, dict]:
     """(tokens [F0, L], timing) of the first ``frames`` frames of a MIDI file; timing (tempo, time signature,
     see ``tokenizer.timing_of``) is what the sampled file is written with."""
     from m4mjax import tokenizer as tk
@@ -134,7 +135,7 @@ def load_prompt(path: str, frames: int, max_frame_tokens: int) -> tuple[np.ndarr
     score = tk.load_midi(path)
     notes, n = tk.midi_to_notes(score, name=str(path))
     f0 = min(int(frames), n)
-    return tk.notes_to_tokens(notes, 0, f0, max_frame_tokens), tk.timing_of(score, f0)
+    return tk.notes_to_tokens(notes, 0, f0, max_frame_tokens, row_format=row_format), tk.timing_of(score, f0)
 
 
 def write_samples(tokens: np.ndarray, out: str, timing: dict | None = None) -> list[str]:
@@ -192,7 +193,8 @@ def main(argv=None) -> None:
         timing = None
         if FLAGS.prompt:
             try:
-                prompt, timing = load_prompt(FLAGS.prompt, prompt_frames, cfg.model.max_frame_tokens)
+                prompt, timing = load_prompt(FLAGS.prompt, prompt_frames, cfg.model.max_frame_tokens,
+                                             cfg.model.get("row_format", "eos"))
             except ValueError as e:  # tokenizer.load_midi / midi_to_notes name the file and the problem
                 raise cli.user_error(e, FLAGS.prompt) from e
         model = load_model(FLAGS.workdir)

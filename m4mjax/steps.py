@@ -18,15 +18,47 @@ from m4mjax.run import data as data_lib, mesh as mesh_lib, metrics as metrics_li
 
 
 def make_optimizer(oc: ml_collections.ConfigDict, steps: int) -> optax.GradientTransformation:
-    """AdamW with the official OneCycle schedule (or constant), optional global-norm clipping."""
-    if oc.schedule == "onecycle":
-        lr = optax.cosine_onecycle_schedule(max(steps, 1), oc.lr, pct_start=max(oc.warmup_frac, 1e-6))
-    elif oc.schedule == "constant":
-        lr = oc.lr
+    """AdamW with a OneCycle schedule (optax's, or torch's exactly with beta1 cycling) or a constant rate,
+    optional global-norm clipping."""
+    if oc.schedule == "torch_onecycle":
+        from m4mjax.run.onecycle import torch_adamw_onecycle
+
+        tx = torch_adamw_onecycle(max(steps, 1), oc.lr, max(oc.warmup_frac, 1e-6), weight_decay=oc.weight_decay,
+                                  b2=oc.b2, momentum=tuple(oc.get("momentum_range", (0.85, 0.95))))
+    elif oc.schedule in ("onecycle", "constant"):
+        lr = (optax.cosine_onecycle_schedule(max(steps, 1), oc.lr, pct_start=max(oc.warmup_frac, 1e-6))
+              if oc.schedule == "onecycle" else oc.lr)
+        tx = optax.adamw(lr, b1=oc.b1, b2=oc.b2, weight_decay=oc.weight_decay)
     else:
-        raise ValueError(f"config.optim.schedule={oc.schedule!r}: expected 'onecycle' or 'constant'")
-    tx = optax.adamw(lr, b1=oc.b1, b2=oc.b2, weight_decay=oc.weight_decay)
+        raise ValueError(f"config.optim.schedule={oc.schedule!r}: expected 'onecycle', 'torch_onecycle' or 'constant'")
     return optax.chain(optax.clip_by_global_norm(oc.grad_clip), tx) if oc.grad_clip > 0 else tx
+
+
+def accumulate(grad_of, batch: dict, key, k: int):
+    """``grad_of(batch, key)`` over ``k`` sequential micro-batches (lax.scan), combined into the full batch's
+    token-weighted mean loss, metrics and gradient: 1/k of the activation memory for the same update. Micro-batch
+    i takes rows i, i+k, ... so each keeps the batch's spread over the devices."""
+    def split(x):
+        if x.shape[0] % k:
+            raise ValueError(f"train.microbatches={k} does not divide the batch of {x.shape[0]}")
+        x = x.reshape(x.shape[0] // k, k, *x.shape[1:])
+        return jax.numpy.swapaxes(x, 0, 1)
+
+    micro = jax.tree.map(split, batch)
+
+    def body(carry, inp):
+        i, b = inp
+        b = jax.tree.map(lambda x: mesh_lib.constrain(x, "batch", *(None,) * (x.ndim - 1)), b)
+        (value, aux), g = grad_of(b, jax.random.fold_in(key, i))
+        w = aux.get("tokens", jax.numpy.float32(1.0))  # the loss is a token mean: weight by tokens
+        acc = jax.tree.map(lambda a, x: a + x * w, carry, (g, value))
+        return acc, (aux, w)
+
+    zero = jax.tree.map(jax.numpy.zeros_like, jax.eval_shape(lambda: grad_of(jax.tree.map(lambda x: x[0], micro), key)))
+    (g_sum, v_sum), (auxs, ws) = jax.lax.scan(body, (zero[1], zero[0][0]), (jax.numpy.arange(k), micro))
+    total = jax.numpy.maximum(ws.sum(), 1e-9)
+    aux = {n: (v.sum() if n in ("tokens", "loss_sum") else (v * ws).sum() / total) for n, v in auxs.items()}
+    return (v_sum / total, aux), jax.tree.map(lambda g: g / total, g_sum)
 
 
 class Setup:
@@ -60,13 +92,21 @@ class Setup:
         """jit(step)(trainable, opt_state, frozen, rest, batch, step_no) -> (trainable, opt_state, metrics)."""
         graphdef, loss, tx, seed = self.graphdef, self.task.loss, self.tx, self.cfg.seed
 
+        micro = int(self.cfg.train.get("microbatches", 1))
+
         def step(trainable, opt_state, frozen, rest, batch, step_no):
             key = jax.random.fold_in(jax.random.key(seed + 1), step_no)  # dropout: a function of the step
 
-            def f(t):
-                return loss(nnx.merge(graphdef, t, frozen, rest), batch, key)
+            def grad_of(b, k):
+                def f(t):
+                    return loss(nnx.merge(graphdef, t, frozen, rest), b, k)
 
-            (value, aux), grads = jax.value_and_grad(f, has_aux=True)(trainable)
+                return jax.value_and_grad(f, has_aux=True)(trainable)
+
+            if micro > 1:
+                (value, aux), grads = accumulate(grad_of, batch, key, micro)
+            else:
+                (value, aux), grads = grad_of(batch, key)
             updates, opt_state = tx.update(grads, opt_state, trainable)
             trainable = optax.apply_updates(trainable, updates)
             return trainable, opt_state, dict(aux, loss=value, grad_norm=optax.global_norm(grads))

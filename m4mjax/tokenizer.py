@@ -211,15 +211,18 @@ def _finish(cols: tuple[np.ndarray, ...], name: str, max_notes_per_frame: int) -
 
 # ------------------------------------------------------------------------------------------ tokens <-> notes
 def notes_to_tokens(notes: np.ndarray, start_frame: int, n_frames: int, max_frame_tokens: int = MAX_FRAME_TOKENS,
-                    song_frames: int | None = None) -> np.ndarray:
+                    song_frames: int | None = None, row_format: str = "eos") -> np.ndarray:
     """Tokenize frames [start_frame, start_frame + n_frames) of sorted notes -> int32 [n_frames, L].
 
-    Each row is ``ins, pd, ..., EOS, PAD...``; rows at or past ``song_frames`` are all PAD. Frames with more
-    than (L - 1) // 2 notes keep the first ones in token order.
+    Each row is ``ins, pd, ..., EOS, PAD...``; rows at or past ``song_frames`` are all PAD. ``row_format``
+    'eos': every row ends with EOS, so at most (L - 1) // 2 notes; 'official' (the official rows): up to
+    L // 2 notes, EOS only when the row has fewer. Frames with more notes keep the first ones in token order.
     """
     if max_frame_tokens < 3:
         raise ValueError(f"max_frame_tokens must be >= 3, got {max_frame_tokens}")
-    cap = (max_frame_tokens - 1) // 2
+    if row_format not in ("eos", "official"):
+        raise ValueError(f"row_format must be 'eos' or 'official', got {row_format!r}")
+    cap = (max_frame_tokens - 1) // 2 if row_format == "eos" else max_frame_tokens // 2
     frames = notes[:, FRAME]
     lo, hi = np.searchsorted(frames, [start_frame, start_frame + n_frames], side="left")
     win = notes[lo:hi]
@@ -231,7 +234,8 @@ def notes_to_tokens(notes: np.ndarray, start_frame: int, n_frames: int, max_fram
     out[rel, 2 * rank] = win[:, INSTRUMENT]
     out[rel, 2 * rank + 1] = win[:, PITCH] + (win[:, DURATION] + 1) * N_PITCHES
     counts = np.bincount(rel, minlength=n_frames)
-    out[np.arange(n_frames), 2 * counts] = EOS
+    short = 2 * counts < max_frame_tokens  # always, for 'eos' rows
+    out[np.nonzero(short)[0], 2 * counts[short]] = EOS
     if song_frames is not None:
         out[max(song_frames - start_frame, 0):] = PAD
     return out

@@ -14,6 +14,7 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import flags
 
 from m4mjax import steps as steps_lib
 from m4mjax.datasets import pipeline
@@ -80,7 +81,21 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -
         return tail.last
 
 
+GIB = 1024 ** 3
+if "device_memory" not in flags.FLAGS:
+    flags.DEFINE_float("device_memory", 16.0, "--dry_run: per-device memory budget in GiB (16 = a TPU v5e chip, "
+                       "80 = an H100/A100-80G, 95 = a TPU v5p chip).")
+
+
+def _budget_gib() -> float:
+    f = flags.FLAGS
+    return float(f.device_memory) if f.is_parsed() else float(f["device_memory"].default)
+
+
 def _dry_run(s: steps_lib.Setup, step_fn) -> dict:
+    """Compile the train step for the configured mesh (no data, no workdir, nothing written) and print the
+    per-device bytes: parameters + optimizer state + the step's temporaries (+ the batch), against
+    ``--device_memory``."""
     cfg = s.cfg
     L = cfg.model.max_frame_tokens
     batch = {k: jax.ShapeDtypeStruct((cfg.data.batch_size, cfg.data.frames, L), jnp.int32,
@@ -98,12 +113,23 @@ def _dry_run(s: steps_lib.Setup, step_fn) -> dict:
         "optimizer_bytes_per_device": mesh_lib.per_device_bytes(s.abstract_opt),
         "compile_s": round(time.perf_counter() - t0, 2),
     }
+    info["batch_bytes_per_device"] = mesh_lib.per_device_bytes(batch)
     mem = compiled.memory_analysis()
     if mem is not None:
         info["temp_bytes_per_device"] = int(getattr(mem, "temp_size_in_bytes", 0))
+    total = sum(info.get(k, 0) for k in ("param_bytes_per_device", "optimizer_bytes_per_device",
+                                         "temp_bytes_per_device", "batch_bytes_per_device"))
+    budget = _budget_gib()
+    info.update(total_bytes_per_device=total, device_memory_gib=budget, fits=total <= budget * GIB,
+                remat=bool(cfg.model.remat), microbatches=int(cfg.train.get("microbatches", 1)))
     print(json.dumps(info, indent=2))
+    verdict = "fits" if info["fits"] else "does NOT fit"
+    print(f"per device: {total / GIB:.2f} GiB = params {info['param_bytes_per_device'] / GIB:.2f} + optimizer "
+          f"{info['optimizer_bytes_per_device'] / GIB:.2f} + temporaries {info.get('temp_bytes_per_device', 0) / GIB:.2f}"
+          f" + batch {info['batch_bytes_per_device'] / GIB:.3f} GiB: {verdict} in --device_memory={budget:g} GiB "
+          f"(remat={info['remat']}, microbatches={info['microbatches']}, mesh {info['mesh']})")
     return info
 
 
 if __name__ == "__main__":
-    cli.run_trainer(train)
+    cli.run_trainer(train, workdir_required=False)  # --dry_run needs no workdir

@@ -1,8 +1,10 @@
 """python -m symmetry.evaluate --workdir=W [--soundfont=PATH]  ->  W/eval.json (+ W/eval_latents.npz)
 
-Per seed and mean ± std over seeds (spec §7.1): embedding R² (true start pitch vs the first note's
-mu), synthesis R² (z sweep -> decoder -> Griffin-Lim -> YIN -> R²), and reconstruction / prediction
-losses. --soundfont evaluates on timbres rendered from any General MIDI soundfont the model never saw.
+The metric follows the run's data kind. Audio, per seed and mean ± std over seeds (spec §7.1): embedding R²
+(true start pitch vs the first note's mu), synthesis R² (z sweep -> decoder -> Griffin-Lim -> YIN -> R²), and
+reconstruction / prediction losses; --soundfont evaluates on timbres from any General MIDI soundfont the model
+never saw. Ball (spec §7.2): per-axis linear-projection MSE (affine fit of mu to unit-variance true positions,
+every frame of the held-out trajectories) for x, y (height), z and their mean, plus the same losses.
 """
 from __future__ import annotations
 
@@ -56,8 +58,34 @@ def _mean_std(v) -> dict:
     return {"per_seed": v.tolist(), "mean": float(np.nanmean(v)), "std": float(np.nanstd(v))}
 
 
+def recon_losses_fn(graphdef, mcfg):
+    """jitted (params [S, ...], x [B, T, *frame] in [0,1]) -> (self BCE, teacher-forced prior BCE, z-scored
+    prior-z MSE) [S] each: mean-reduced, as the official --eval_recons reports them (spec §7.1.5)."""
+
+    @jax.jit
+    def losses_all(p, x):
+        def one(q):
+            m = nnx.merge(graphdef, q)
+            mu, _ = m.encode(x)
+            self_bce = optax.sigmoid_binary_cross_entropy(m.decode(mu), x).mean()
+            zp = mu[..., :mcfg.prior_dims]
+            pred = m.prior.rollout(zp, jnp.ones(zp.shape[1::-1], bool))          # one-step, teacher-forced
+            d = mu.shape[-1]
+            zin = jnp.concatenate([pred, mu[:, 1:, mcfg.prior_dims:]], -1).reshape(-1, d)
+            prior_bce = optax.sigmoid_binary_cross_entropy(m.decode(zin).reshape(x[:, 1:].shape), x[:, 1:]).mean()
+            zs = lambda a: (a - a.mean()) / (a.std() + 1e-8)  # noqa: E731  batch z-scoring (spec §7.1.5)
+            return self_bce, prior_bce, jnp.mean((zs(pred) - zs(zp[:, 1:])) ** 2)
+        return jax.vmap(one)(p)
+
+    return losses_all
+
+
 def evaluate(workdir: str, soundfont: str = "", out: str = "") -> dict:
     cfg, mcfg, graphdef, params = load_seeds(workdir)
+    if data_lib.kind_of(cfg.data) == "ball":
+        if soundfont:
+            raise cli.UserError("--soundfont applies to audio runs only", f"{workdir} is a ball run")
+        return evaluate_ball(workdir, cfg, mcfg, graphdef, params, out)
     split = cfg.eval.split
     if soundfont:
         if not os.path.exists(soundfont):
@@ -79,20 +107,7 @@ def evaluate(workdir: str, soundfont: str = "", out: str = "") -> dict:
     def decode_all(p, z):
         return jax.vmap(lambda q, zz: jax.nn.sigmoid(nnx.merge(graphdef, q).decode(zz)))(p, z)
 
-    @jax.jit
-    def losses_all(p, x):
-        def one(q):
-            m = nnx.merge(graphdef, q)
-            mu, _ = m.encode(x)
-            self_bce = optax.sigmoid_binary_cross_entropy(m.decode(mu), x).mean()
-            zp = mu[..., :mcfg.prior_dims]
-            pred = m.prior.rollout(zp, jnp.ones(zp.shape[1::-1], bool))          # one-step, teacher-forced
-            d = mu.shape[-1]
-            zin = jnp.concatenate([pred, mu[:, 1:, mcfg.prior_dims:]], -1).reshape(-1, d)
-            prior_bce = optax.sigmoid_binary_cross_entropy(m.decode(zin).reshape(x[:, 1:].shape), x[:, 1:]).mean()
-            zs = lambda a: (a - a.mean()) / (a.std() + 1e-8)  # noqa: E731  batch z-scoring (spec §7.1.5)
-            return self_bce, prior_bce, jnp.mean((zs(pred) - zs(zp[:, 1:])) ** 2)
-        return jax.vmap(one)(p)
+    losses_all = recon_losses_fn(graphdef, mcfg)
 
     stages.start("encode")
     mu = np.asarray(encode_all(params, jnp.asarray(x)))                             # [S, N, T, d]
@@ -131,6 +146,57 @@ def evaluate(workdir: str, soundfont: str = "", out: str = "") -> dict:
         np.savez(f, start_pitch=ds["start_pitch"][scored], z_first=z_first, sweep_z=syn["z"], sweep_pitch=syn["pitch"])
     print(f"{split}: embedding R² {result['embedding_r2']['mean']:.3f} ± {result['embedding_r2']['std']:.3f}  "
           f"synthesis R² {result['synthesis_r2']['mean']:.3f} ± {result['synthesis_r2']['std']:.3f}  -> {out}")
+    return result
+
+
+AXES = ("x", "y", "z")  # ball position columns: x, y = height, z = depth
+
+
+def evaluate_ball(workdir: str, cfg, mcfg, graphdef, params, out: str = "", chunk: int = 32) -> dict:
+    """Spec §7.2 on the held-out trajectories: eval.json (per-axis MSE per seed, mean ± std) + eval_latents.npz."""
+    split = cfg.eval.split
+    stages = metrics_lib.Stages("symmetry.evaluate", 3)
+    stages.start(f"data ({split} split)")
+    try:
+        ds = data_lib.build_dataset(cfg.data, split)
+    except ValueError as e:
+        raise cli.UserError(str(e), f"{workdir}/config.json data") from e
+    x, pos = ds["x"], ds["position"]
+
+    @jax.jit
+    def encode_all(p, xb):
+        xb = xb.astype(jnp.float32) / 255.0
+        return jax.vmap(lambda q: nnx.merge(graphdef, q).encode(xb)[0])(p)        # [S, B, T, d]
+
+    stages.start(f"encode {len(x)} trajectories x {x.shape[1]} frames")
+    mu = np.concatenate([np.asarray(encode_all(params, jnp.asarray(x[i: i + chunk])))
+                         for i in range(0, len(x), chunk)], axis=1)                   # [S, N, T, d]
+    S, d = mu.shape[0], mu.shape[-1]
+    lp = metrics.linear_projection_mse(mu.reshape(S, -1, d), pos.reshape(-1, 3))
+    stages.start("reconstruction and prior losses")
+    losses_all = recon_losses_fn(graphdef, mcfg)
+    n_loss = min(int(cfg.eval.loss_sequences), len(x))
+    parts = [np.stack([np.asarray(a) for a in losses_all(params, jnp.asarray(x[i: min(i + chunk, n_loss)],
+                                                                             jnp.float32) / 255.0)])
+             for i in range(0, n_loss, chunk)]
+    weights = np.array([min(chunk, n_loss - i) for i in range(0, n_loss, chunk)], np.float64)
+    self_bce, prior_bce, z_mse = np.einsum("c,cks->ks", weights / weights.sum(), np.stack(parts))
+    result = {
+        "workdir": os.path.abspath(workdir), "kind": "ball", "split": split, "sequences": int(len(x)),
+        "frames": int(x.shape[1]), "num_seeds": int(S),
+        "linear_proj_mse": {**{a: _mean_std(lp["per_axis"][:, i]) for i, a in enumerate(AXES)},
+                            "mean": _mean_std(lp["mean"])},
+        "self_recon_bce": _mean_std(self_bce), "prior_recon_bce": _mean_std(prior_bce),
+        "prior_z_mse": _mean_std(z_mse), "loss_sequences": n_loss,
+    }
+    out = out or os.path.join(workdir, "eval.json")
+    io.atomic_write(out, json.dumps(result, indent=2))
+    n_lat = min(int(cfg.eval.latent_sequences), len(x))
+    with io.atomic_path(os.path.join(workdir, "eval_latents.npz")) as tmp, open(tmp, "wb") as f:
+        np.savez(f, position=pos[:n_lat], mu=mu[:, :n_lat], per_axis=lp["per_axis"])
+    m = result["linear_proj_mse"]
+    print(f"{split}: linear-projection MSE {m['mean']['mean']:.4f} ± {m['mean']['std']:.4f} "
+          f"(x {m['x']['mean']:.4f}, y {m['y']['mean']:.4f}, z {m['z']['mean']:.4f}) over {S} seeds -> {out}")
     return result
 
 

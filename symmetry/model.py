@@ -30,6 +30,7 @@ class SPSConfig:
     frames: int = 5                     # audio W (STFT frames per note)
     image_size: int = 32                # ball H = W
     image_channels: int = 3             # ball C
+    ball_channels: tuple[int, ...] = (64, 128, 256)  # ball conv widths (encoder order; the decoder mirrors them)
     rnn_type: str = "rnn"               # 'rnn' (Elman, paper) or 'gru'
     rnn_hidden: int = 256
     rnn_layers: int = 1
@@ -65,7 +66,7 @@ class SPSConfig:
         bad = sorted(set(d) - names)
         if bad:
             raise ValueError(f"symmetry config: unknown key(s) {bad}; known: {sorted(names)}")
-        for k in ("groups", "translate_dims"):
+        for k in ("groups", "translate_dims", "ball_channels"):
             if k in d:
                 d[k] = tuple(d[k])
         cfg = cls(**d)
@@ -86,6 +87,8 @@ class SPSConfig:
             (self.base_len >= 1, f"base_len must be >= 1, got {self.base_len}"),
             (all(0 <= i < self.prior_dims for i in self.translate_dims), f"translate_dims {self.translate_dims} must index the prior dims (< {self.prior_dims})"),
             (self.freq_bins >= 33 and self.frames >= 1, f"freq_bins must be >= 33 (got {self.freq_bins}), frames >= 1 (got {self.frames})"),
+            (len(self.ball_channels) == 3 and min(self.ball_channels) >= 1, f"ball_channels must be 3 widths >= 1, got {self.ball_channels}"),
+            (self.image_size % 8 == 0, f"image_size must be a multiple of 8, got {self.image_size}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -282,12 +285,12 @@ class BallEncoder(nnx.Module):
     """[N, 32, 32, 3] frames -> (mu, logvar) [N, d] (spec §4.1)."""
 
     def __init__(self, cfg: SPSConfig, *, rngs: nnx.Rngs):
-        chans = (cfg.image_channels, 64, 128, 256)
+        chans = (cfg.image_channels,) + tuple(cfg.ball_channels)
         t = cfg.init == "torch"
         self.convs = nnx.List([nnx.Conv(a, b, (4, 4), strides=2, padding=((1, 1), (1, 1)), **_nnx_inits(t, 16 * a, 3),
                                         rngs=rngs)
                                for a, b in zip(chans[:-1], chans[1:])])
-        flat = 256 * (cfg.image_size // 8) ** 2
+        flat = chans[-1] * (cfg.image_size // 8) ** 2
         self.mu = Linear(flat, cfg.latent_dim, ("embed", "latent"), torch_init=t, rngs=rngs)
         self.logvar = Linear(flat, cfg.latent_dim, ("embed", "latent"), torch_init=t, rngs=rngs)
 
@@ -303,12 +306,12 @@ class BallDecoder(nnx.Module):
     """z [N, d] -> logits [N, 32, 32, 3]."""
 
     def __init__(self, cfg: SPSConfig, *, rngs: nnx.Rngs):
-        self.s = cfg.image_size // 8
-        dims = (cfg.latent_dim, 16, 32, 64, 256 * self.s * self.s)
+        self.s, self.c = cfg.image_size // 8, cfg.ball_channels[-1]
+        dims = (cfg.latent_dim, 16, 32, 64, self.c * self.s * self.s)
         t = cfg.init == "torch"
         self.mlp = nnx.List([Linear(a, b, ("latent" if i == 0 else "embed", "mlp"), torch_init=t, rngs=rngs)
                              for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))])
-        chans = (256, 128, 64, cfg.image_channels)
+        chans = tuple(cfg.ball_channels[::-1]) + (cfg.image_channels,)
         # torch ConvTranspose2d(4, s=2, p=1) == padding k-1-p = 2 on the dilated input (spec §10)
         self.convs = nnx.List([nnx.ConvTranspose(a, b, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
                                                  **_nnx_inits(t, 16 * b, 2), rngs=rngs)
@@ -318,7 +321,7 @@ class BallDecoder(nnx.Module):
         h = z
         for i, layer in enumerate(self.mlp):
             h = layer(h) if i == len(self.mlp) - 1 else jax.nn.relu(layer(h))
-        h = h.reshape(h.shape[0], self.s, self.s, 256)
+        h = h.reshape(h.shape[0], self.s, self.s, self.c)
         for i, conv in enumerate(self.convs):
             h = conv(h)
             if i < len(self.convs) - 1:

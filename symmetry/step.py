@@ -82,6 +82,8 @@ def _seed_step(cfg: SPSConfig, tx: optax.GradientTransformation, graphdef, param
                data, iteration, key):
     k_batch, k_loss = jax.random.split(jax.random.fold_in(key, seed_id))
     x = sample_batch(data, k_batch, cfg.batch_size)
+    if x.dtype == jnp.uint8:  # ball frames are stored as 8-bit RGB (the paper's PNGs): [0, 255] -> [0, 1]
+        x = x.astype(jnp.float32) / 255.0
 
     def loss_fn(p):
         return sps_loss(nnx.merge(graphdef, p), x, iteration, k_loss, cfg)
@@ -94,7 +96,7 @@ def _seed_step(cfg: SPSConfig, tx: optax.GradientTransformation, graphdef, param
 def make_train_step(cfg: SPSConfig, state: SPSState | None = None) -> Callable:
     """Jitted ``train_step(state, data, iteration, key) -> (state, metrics)`` over all seeds.
 
-    data: the whole dataset [N, T, *frame] (float32 in [0,1]); each seed samples cfg.batch_size of it.
+    data: the whole dataset [N, T, *frame] (float32 in [0,1], or uint8 in [0,255]); each seed samples cfg.batch_size.
     iteration: int scalar (drives scheduled sampling; traced, no recompiles). key: one PRNG key per step.
     With ``state`` given, outputs keep its shardings. The input state is donated."""
     cfg.validate()

@@ -1,4 +1,7 @@
-"""python -m symmetry.summary ROOT [--out=DIR]  ->  DIR/summary.md (spec §7.5 Tables A, B) + latent-vs-pitch PNGs
+"""python -m symmetry.summary ROOT [--out=DIR]  ->  DIR/summary.md (spec §7.5 Tables A, B, C) + PNGs
+
+Audio runs give Tables A/B and the latent-vs-pitch figure (below); ball runs give Table C and one table + box
+plot per §7.4 study (symmetry.summary_ball, DIR/box_<study>.png). The data kind comes from each config.json.
 
 Finds every SPS workdir under ROOT (config.json), groups it by the paper's five groups (the directory
 name, else the config's model.variant / K / prior), pools seeds of same-config runs, and writes
@@ -23,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from m4mjax.run import io
+from symmetry import summary_ball
 from symmetry.config import GROUPS, LABELS
 
 TABLE_A = (("embedding_r2", "Embedding R²"), ("synthesis_r2", "Synthesis R²"))
@@ -261,13 +265,20 @@ def summarize(root: str, out: str = "") -> str:
     if not rows and not problems:
         raise ValueError(f"summary: no SPS workdir (config.json) under {root!r}")
     os.makedirs(out, exist_ok=True)
+    ball_rows = [r for r in rows if summary_ball.is_ball(r.runs[0].config)]
+    rows = [r for r in rows if r not in ball_rows]
     for tag in sorted({t for r in rows for run in r.runs for t in run.latents}):
         cols = latent_columns(rows, tag)
         if cols:
             name = f"latent_vs_pitch{'_' + tag if tag else ''}.png"
             split = sorted({run.evals.get(tag, {}).get("split", "?") for r in rows for run in r.runs})
             write_figure(cols, os.path.join(out, name), f"{', '.join(split)} split" + (f", soundfont {tag}" if tag else ""))
-    text = summary_markdown(rows, problems, root)
+    if ball_rows:
+        text = (summary_markdown(rows, [], root) + "\n" if rows else f"# SPS summary — {root}\n\n")
+        text += summary_ball.markdown(ball_rows, root, out)
+        text += "".join(["\nMissing:\n\n"] + [f"- {p}\n" for p in problems]) if problems else ""
+    else:
+        text = summary_markdown(rows, problems, root)
     io.atomic_write(os.path.join(out, "summary.md"), text)
     return text
 
@@ -400,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         except ValueError as e:  # summarize's messages name the root / workdir at fault
             raise cli.UserError(str(e).removeprefix("summary: ")) from e
     print(text)
-    print(f"wrote {os.path.join(a.out or a.root, 'summary.md')} and latent_vs_pitch*.png", file=sys.stderr)
+    print(f"wrote {os.path.join(a.out or a.root, 'summary.md')} and its PNGs", file=sys.stderr)
 
 
 if __name__ == "__main__":

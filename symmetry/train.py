@@ -1,4 +1,4 @@
-"""python -m symmetry.train --config=experiments/symmetry/sps_audio.py:cpu --workdir=W [--config.num_seeds=10]
+"""python -m symmetry.train --config=experiments/symmetry/sps_{audio,video}.py:cpu --workdir=W [--config.num_seeds=10]
 
 N independently initialised SPS models train in one jitted step (a vmapped, device-sharded seed axis);
 each seed's metrics are separate columns of metrics.jsonl. Re-running resumes; SIGTERM saves and exits.
@@ -19,26 +19,51 @@ from symmetry import config as config_lib, data as data_lib, step as step_lib
 
 
 def load_train_data(cfg: ml_collections.ConfigDict, mcfg) -> np.ndarray:
-    """The (tiny) training set as one array [N, T, *frame]; rendered + cached on first use."""
-    if mcfg.task != "audio":
-        raise ValueError(f"symmetry.train: data for model.task={mcfg.task!r} is not available yet")
-    x = data_lib.build_audio_dataset(cfg.data, "train")["x"]
+    """The training set as one array [N, T, *frame] (ball: uint8 frames); rendered + cached on first use."""
+    kind = check_kind(cfg, mcfg)
+    x = data_lib.build_dataset(cfg.data, "train")["x"]
+    if kind == "ball":
+        if x.shape[2:] != (mcfg.image_size, mcfg.image_size, mcfg.image_channels):
+            raise ValueError(f"data gives frames of {x.shape[2:]} but model.image_size/image_channels = "
+                             f"({mcfg.image_size}, {mcfg.image_channels}); set --config.model.image_size to match "
+                             "data.image_size")
+        return x
     if x.shape[2] != mcfg.freq_bins or x.shape[3] != mcfg.frames:
         raise ValueError(f"data gives notes of {x.shape[2:]} but model.freq_bins/frames = "
                          f"({mcfg.freq_bins}, {mcfg.frames}); set --config.model.freq_bins to match data.n_bins")
     return x
 
 
+def check_kind(cfg: ml_collections.ConfigDict, mcfg) -> str:
+    """data.kind, checked against model.task (the nets must match the data)."""
+    kind = data_lib.kind_of(cfg.data)
+    if kind != mcfg.task:
+        raise ValueError(f"data.kind={kind!r} but model.task={mcfg.task!r}: they must name the same task")
+    return kind
+
+
+def dry_run_data(cfg: ml_collections.ConfigDict, mcfg) -> jax.ShapeDtypeStruct:
+    """The training array's shape and dtype, without rendering it."""
+    if check_kind(cfg, mcfg) == "ball":
+        size = (mcfg.image_size, mcfg.image_size, mcfg.image_channels)
+        return jax.ShapeDtypeStruct((max(mcfg.batch_size, cfg.data.train_size), cfg.data.frames) + size, jnp.uint8)
+    return jax.ShapeDtypeStruct((max(mcfg.batch_size, 26), 15, mcfg.freq_bins, mcfg.frames), jnp.float32)
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -> dict:
+    try:  # a bad setting (unknown group, data/model mismatch) is the user's: one line, exit 2
+        mcfg = config_lib.model_config(cfg)
+        check_kind(cfg, mcfg)
+    except ValueError as e:
+        raise cli.UserError(str(e), "--config") from e
     cli.setup_workdir(workdir, cfg)
-    mcfg = config_lib.model_config(cfg)
     mesh = mesh_lib.make_mesh(cfg.mesh)
     key = jax.random.key(0)  # one base key: seed id s owns fold_in(key, s), however the seeds are split into runs
     with mesh_lib.use_mesh(mesh):
         state = step_lib.init_state(mcfg, cfg.num_seeds, key, mesh, first_seed=cfg.seed)
         step_fn = step_lib.make_train_step(mcfg, state)
         if dry_run:
-            data = jax.ShapeDtypeStruct((max(mcfg.batch_size, 26), 15, mcfg.freq_bins, mcfg.frames), jnp.float32)
+            data = dry_run_data(cfg, mcfg)
             compiled = step_fn.lower(state, data, jnp.int32(0), key).compile()
             info = {"seeds": cfg.num_seeds, "mesh": dict(mesh.shape),
                     "param_bytes_per_device": mesh_lib.per_device_bytes(state.params),
@@ -46,7 +71,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -
                     "compiled": compiled is not None}
             print(json.dumps(info, indent=2))
             return info
-        data = jax.device_put(load_train_data(cfg, mcfg), step_lib.replicated(mesh))
+        try:
+            train_x = load_train_data(cfg, mcfg)
+        except ValueError as e:
+            raise cli.UserError(str(e), "--config.data") from e
+        data = jax.device_put(train_x, step_lib.replicated(mesh))
         ckpt = checkpoint.Checkpointer(workdir, cfg.train.ckpt_every, cfg.train.ckpt_keep)
         start = 0
         restored = ckpt.restore({"params": state.params, "opt": state.opt_state})  # onto their shardings

@@ -44,6 +44,9 @@ ROWS = [
     ("m4mjax.datasets.default", ["--variant=bogus"], "bogus"),
     ("experiments.symmetry.fade_probe", ["{t}/missing"], "missing"),
     ("m4mjax.prepare", ["--midi_dir={t}/missing", "--out={t}/out"], "missing"),
+    ("m4mjax.convert_torch", ["{t}/nope.ckpt", "--out={t}/w"], "nope.ckpt"),
+    ("m4mjax.convert_torch", ["{t}/garbage.mid", "--out={t}/w"], "garbage.mid"),
+    ("m4mjax.train", [f"--config={LM}:tiny"], "--workdir"),
     ("m4mjax.prepare", ["--midi_dir={t}/empty", "--out={t}/out", "--bogus_flag"], "--bogus_flag"),
 ]
 

@@ -218,3 +218,26 @@ def test_bad_config():
         model_config(7)
     with pytest.raises(ValueError, match="heads"):
         M4MTransformer(tiny_cfg(heads=3), rngs=nnx.Rngs(0))
+
+
+def test_global_spread_sees_a_collapsed_global_decoder():
+    """evaluate.global_spread is large for an untrained model and ~0 when the global decoder's last LayerNorm
+    scale is zeroed (every frame then gets the same output: the collapse seen in the CPU-sized :base run)."""
+    import numpy as np
+    from flax import nnx
+
+    from m4mjax import evaluate
+    from m4mjax import model as lm
+
+    cfg = lm.model_config(0)
+    cfg.update(width=32, layers=2, heads=2, ffn=64, local_layers=1, local_heads=2, local_ffn=64, max_frame_tokens=9,
+               max_frames=64, dropout=0.0)
+    model = lm.M4MTransformer(cfg, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    tokens = np.full((2, 12, 9), cfg.pad_id, np.int32)
+    tokens[:, :, :4] = rng.integers(0, 3328, (2, 12, 4))
+    tokens[:, :, 4] = cfg.eos_id
+    assert evaluate.global_spread(model, tokens) > 0.05
+    last = model.global_decoder.blocks[-1]
+    last.ln2_scale[...] = last.ln2_scale[...] * 0
+    assert evaluate.global_spread(model, tokens) < 1e-6

@@ -125,6 +125,14 @@ def test_evaluate_and_sample_entry_points(prepared_dir, tmp_path):
     assert out["valid"]["windows"] == out["valid"]["windows_total"] and out["valid"]["covers"].startswith("all ")
     for split in ("valid", "test"):
         assert np.isfinite(out[split]["loss"]) and out[split]["unigram_perplexity"] > 1
+    # --data_name scores another dataset with the run's windows, into its own file (eval.json untouched)
+    before = (wd / "eval.json").read_text()
+    other = evaluate.evaluate(str(wd), ("test",), data_name=str(prepared_dir))
+    named = [p.name for p in wd.glob("eval_*.json")]
+    assert len(named) == 1 and json.loads((wd / named[0]).read_text())["data"] == str(prepared_dir)
+    assert other["test"]["loss"] == pytest.approx(out["test"]["loss"]) and (wd / "eval.json").read_text() == before
+    with pytest.raises(ValueError, match="nowhere"):
+        evaluate.evaluate(str(wd), ("test",), data_name=str(tmp_path / "nowhere"))
     r = subprocess.run([sys.executable, "-m", "m4mjax.sample", f"--workdir={wd}", f"--out={wd}/s.mid",
                         "--n_frames=4", "--prompt_frames=8", "--num_samples=2"], cwd=REPO, capture_output=True,
                        text=True, env=dict(os.environ, XLA_FLAGS=""))

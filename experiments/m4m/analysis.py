@@ -55,7 +55,7 @@ def get_config(variant: str = "small"):
     c.analyze = ml_collections.ConfigDict()
     c.analyze.temperature = 0.0         # decoding temperature for analyze/evaluate (0 = greedy)
     c.analyze.context = 0               # frames of the previous window's labels given as the next one's prompt
-    c.analyze.batch_size = 8            # songs decoded together
+    c.analyze.batch_size = 16           # songs decoded together (batched by length)
     if variant == "tiny":
         c.link.update(lora_rank=4, lora_alpha=8.0, adapter_width=16, adapter_heads=4, mask_length=3)
         c.data.update(frames=16, batch_size=8)

@@ -133,11 +133,12 @@ def _window(cfg_data: Any, song: dict[str, Any], start: int, shift: int) -> dict
     """Token windows (tokens, and reference/target when configured) of one song at one start frame."""
     notes = shift_song(song["notes"], shift) if shift else song["notes"]
     f, length, n = int(cfg_data.frames), int(cfg_data.max_frame_tokens), int(song["n_frames"])
-    out = {"tokens": tok.notes_to_tokens(notes, start, f, length, song_frames=n)}
+    rows = dict(song_frames=n, row_format=cfg_data.get("row_format", "eos"))
+    out = {"tokens": tok.notes_to_tokens(notes, start, f, length, **rows)}
     ref, tgt = cfg_data.get("reference", ""), cfg_data.get("target", "")
     if ref and tgt:
-        out["reference"] = tok.notes_to_tokens(select_stream(notes, ref), start, f, length, song_frames=n)
-        out["target"] = tok.notes_to_tokens(select_stream(notes, tgt), start, f, length, song_frames=n)
+        out["reference"] = tok.notes_to_tokens(select_stream(notes, ref), start, f, length, **rows)
+        out["target"] = tok.notes_to_tokens(select_stream(notes, tgt), start, f, length, **rows)
     out["mask"] = np.bool_(True)
     return out
 

@@ -185,10 +185,15 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
-def run_trainer(train_fn: Callable[[ml_collections.ConfigDict, str, bool], Any], command: str | None = None) -> None:
+def run_trainer(train_fn: Callable[[ml_collections.ConfigDict, str, bool], Any], command: str | None = None,
+                workdir_required: bool = True) -> None:
     """``python -m <trainer>`` entry point: --config/--workdir/--dry_run, optional multi-host init, then
-    ``train_fn(config, workdir, dry_run)``; on the one error path (see run_main)."""
-    define_flags()
+    ``train_fn(config, workdir, dry_run)``; on the one error path (see run_main). With ``workdir_required``
+    False, --workdir may be left out under --dry_run only."""
+    define_flags(workdir_required)
+    if not workdir_required:
+        flags.register_multi_flags_validator(["workdir", "dry_run"], lambda f: f["dry_run"] or f["workdir"] is not None,
+                                             message="--workdir is required (only --dry_run runs without one)")
 
     def main(argv: list[str]) -> None:
         if len(argv) > 1:
