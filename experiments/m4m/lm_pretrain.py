@@ -89,11 +89,11 @@ def get_config(variant: str = "small"):
         # the short folk tunes, which are padded rather than dropped. 150 steps of 8 x 256 frames (307k frames):
         # ~35 min on this 2-core CPU (143-150 frames/s = ~14 s/step measured idle, 2026-12-01); the 3-hour
         # budget is `--config.train.steps=750`.
-        # local_pad_mask (a deviation: the official local encoder attends to PAD keys): the run of 2026-12-01
-        # without it (lr 1e-3, 3 warm-up steps) collapsed its global decoder to one output for every frame
-        # (global spread 3e-5); on the analysis task the same collapse went away with the PAD mask (docs/RESULTS.md).
+        # Known problem (docs/RESULTS.md, 2026-12-01): at lr 1e-3 the global decoder collapses to one output for
+        # every frame within ~15 steps, with or without the PAD mask; at lr 3e-4 it decays more slowly. Fix it
+        # before trusting a :base run (`evaluate` prints the global spread).
         m.update(width=256, layers=6, heads=4, ffn=1024, local_layers=1, local_heads=4, local_ffn=512,
-                 max_frame_tokens=25, dropout=0.0, local_pad_mask=True)
+                 max_frame_tokens=25, dropout=0.0)
         c.data.update(name="m4m_default/full", frames=256, batch_size=8, drop_short=False, sampling="length")
         c.optim.lr = 1e-3
         c.optim.warmup_frac = 0.02
