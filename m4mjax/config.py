@@ -32,6 +32,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.data.batch_size = 8               # global batch (windows)
     c.data.pitch_shift = (-5, 6)        # training transposition range (semitones; drums never shifted)
     c.data.num_threads = 2              # grain read threads
+    c.data.duplicates = "longest"       # exact duplicate notes in the corpus read: 'longest' (one kept; the embedded
+                                        # corpus) | 'keep' (all; official la_cp16_v2), as `m4mjax.prepare --duplicates`
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-4                   # peak learning rate (spec: 1e-4; 5e-5 for size >= 2)

@@ -1,15 +1,18 @@
 """Convert a folder of MIDI files (e.g. Lakh MIDI, unchanged) into an m4mjax dataset.
 
-    python -m m4mjax.prepare --midi_dir=DIR --out=OUT [--workers=N] [--shard_size=256]
+    python -m m4mjax.prepare --midi_dir=DIR --out=OUT [--workers=N] [--shard_size=256] [--duplicates=longest]
 
 Parallel (``--workers`` processes), resumable (a re-run skips finished shards; an interrupted run loses only
 the shards in flight), incremental (a re-run on a changed folder converts the new and changed files, drops the
 removed ones and says so), bounded memory (a worker holds one shard of songs), read-only on the input. Any
 file name works (names that are not UTF-8 are written with backslash escapes). Every bad or skipped path is
 listed with its reason in OUT/report.json. Splits: file index (sorted relative paths; files added later get
-the next indices) mod 10 -> 0 test, 1 valid, else train. Read with ``cfg.data.name='prepared'``,
-``cfg.data.dir=OUT``. User errors (bad flags, unwritable --out, no MIDI files, a run that leaves the dataset
-with no song) print one line ``m4mjax.prepare: error: ...`` and exit 2.
+the next indices) mod 10 -> 0 test, 1 valid, else train. ``--duplicates``: exact duplicate notes (same frame,
+instrument, pitch) keep the longest ('longest', the default) or all ('keep', as the official pretraining corpus
+la_cp16_v2; see m4mjax.tokenizer); the choice is recorded in OUT/plan.json (``settings``) and the report, a
+training run whose ``data.duplicates`` disagrees stops, and a re-run with the other value converts every file
+again. Read with ``cfg.data.name='prepared'``, ``cfg.data.dir=OUT``. User errors (bad flags, unwritable --out,
+no MIDI files, a run that leaves the dataset with no song) print one line ``m4mjax.prepare: error: ...`` and exit 2.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from m4mjax.run import cli
 
 MIDI_SUFFIXES = (".mid", ".midi", ".smf", ".kar")
 LOADER = "m4mjax.datasets.sources:load_item"  # by name: the parent process never imports the tokenizer
+DUPLICATES = ("longest", "keep")  # = m4mjax.tokenizer.DUPLICATES (not imported, as above); the first is the default
 
 
 def display_name(name: str | os.PathLike) -> str:
@@ -115,12 +119,14 @@ def check_out(midi_dir: str | Path, out: str | Path) -> None:
 
 
 def prepare(midi_dir: str | Path, out: str | Path, workers: int = 2, shard_size: int = 256, progress: bool = True,
-            max_chunks: int | None = None) -> dict[str, Any]:
+            max_chunks: int | None = None, duplicates: str = "longest") -> dict[str, Any]:
     """Convert midi_dir into out (see module docstring); returns the report (also in out/report.json)."""
     if workers < 1:
         raise cli.UserError("must be >= 1", f"--workers={workers}")
     if shard_size < 1:
         raise cli.UserError("must be >= 1", f"--shard_size={shard_size}")
+    if duplicates not in DUPLICATES:
+        raise cli.UserError(f"must be {' or '.join(DUPLICATES)}", f"--duplicates={duplicates}")
     check_out(midi_dir, out)
     items, skipped = find_midi(midi_dir)
     if not items and not (Path(out) / "plan.json").exists():
@@ -128,9 +134,14 @@ def prepare(midi_dir: str | Path, out: str | Path, workers: int = 2, shard_size:
         if skipped:
             why += f"; {len(skipped)} paths skipped, e.g. {skipped[0]['error']}"
         raise cli.UserError(why, f"--midi_dir={display_name(midi_dir)}")
+    if duplicates != DUPLICATES[0]:
+        # the loader reads the setting from each item, so it is part of the chunk digests and another value redoes
+        # every chunk; the default is left out, so folders prepared before the flag existed stay valid
+        items = [{**it, "duplicates": duplicates} for it in items]
     try:
         return convert.convert(items, LOADER, out, shard_size=shard_size, workers=workers, desc="prepare",
-                               progress=progress, max_chunks=max_chunks, skipped=skipped)
+                               progress=progress, max_chunks=max_chunks, skipped=skipped,
+                               settings={"duplicates": duplicates})
     except ValueError as e:  # an unreadable or foreign plan.json in --out
         raise cli.UserError(str(e), f"--out={display_name(out)}") from None
     except OSError as e:  # --out not writable after all (read-only mount, disk full)
@@ -150,9 +161,12 @@ def _run(argv: list[str] | None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2)))
     ap.add_argument("--shard_size", type=int, default=256, help="songs per shard (memory per worker)")
+    ap.add_argument("--duplicates", default=DUPLICATES[0],
+                    help="exact duplicate notes: 'longest' keeps one, 'keep' keeps all (the official corpus)")
     ap.add_argument("--no_progress", action="store_true", help="no progress bar on stderr")
     args = ap.parse_args(argv)
-    rep = prepare(args.midi_dir, args.out, args.workers, args.shard_size, progress=not args.no_progress)
+    rep = prepare(args.midi_dir, args.out, args.workers, args.shard_size, progress=not args.no_progress,
+                  duplicates=args.duplicates)
     report_path = display_name(Path(args.out) / "report.json")
     if rep["songs"] == 0:
         first = rep["bad"][0] if rep["bad"] else None

@@ -15,6 +15,13 @@ duration); the official sort put velocity first, which the no-velocity model can
 deviation). At most MAX_NOTES_PER_FRAME = 16 notes per frame (the official ``max_polyphony``), kept in
 track order when a file has more, so MAX_FRAME_TOKENS = 2*16 + 1 = 33.
 
+Exact duplicates (notes with the same frame, instrument and pitch, e.g. a part doubled on two tracks with one
+program) follow ``duplicates`` (DUPLICATES): 'longest' (the default) stores one, the longest (the first in
+track order among equally long ones), as the official ``dedup=True``; 'keep' stores every one, as the official
+``dedup=False`` that built the pretraining corpus la_cp16_v2. Kept duplicates are in storage order like any
+notes: shortest first, then by track, then as read (the official frame sort, without its velocity key); they
+count toward the per-frame cap.
+
 Labels written as music (chord and beat tracks) live in ``m4mjax.labels``.
 """
 from __future__ import annotations
@@ -41,6 +48,7 @@ VOCAB_SIZE = N_NORMAL_TOKENS + 3  # 3331
 MAX_NOTES_PER_FRAME = 16
 MAX_FRAME_TOKENS = 2 * MAX_NOTES_PER_FRAME + 1  # 33
 MAX_SONG_FRAMES = 1 << 16  # 4096 bars of 4/4; longer files are rejected as having absurd tick values
+DUPLICATES = ("longest", "keep")  # exact duplicate notes: store the longest one | store every one
 
 FRAME, INSTRUMENT, PITCH, DURATION, VELOCITY, TRACK = range(6)
 NOTE_FIELDS = ("frame", "instrument", "pitch", "duration", "velocity", "track")
@@ -118,12 +126,15 @@ def load_midi(path: str | os.PathLike, data: bytes | None = None) -> symusic.Sco
 
 
 def midi_to_notes(score: symusic.Score | str | os.PathLike, name: str | None = None,
-                  max_notes_per_frame: int = MAX_NOTES_PER_FRAME) -> tuple[np.ndarray, int]:
+                  max_notes_per_frame: int = MAX_NOTES_PER_FRAME, duplicates: str = "longest"
+                  ) -> tuple[np.ndarray, int]:
     """Convert a score (or a MIDI path) to (notes int32 [N, 6], n_frames) on the 16th-note grid.
 
-    Exact duplicates (same frame, instrument, pitch) keep the longest; a frame keeps its first
-    ``max_notes_per_frame`` notes in track order. ``n_frames`` is the rounded end of the last note.
+    Exact duplicates (same frame, instrument, pitch) keep the longest, or all with ``duplicates='keep'``
+    (module docstring); a frame keeps its first ``max_notes_per_frame`` notes in track order. ``n_frames``
+    is the rounded end of the last note.
     """
+    check_duplicates(duplicates)
     if not isinstance(score, symusic.Score):
         name = name or str(score)
         score = load_midi(score)
@@ -152,16 +163,24 @@ def midi_to_notes(score: symusic.Score | str | os.PathLike, name: str | None = N
             (2 * FRAMES_PER_QUARTER * ends + tpq) // (2 * tpq) - start,
             np.concatenate([a["velocity"] for a in arrs]).astype(np.int64),
             np.repeat(np.asarray(track_ids, np.int64), counts))
-    return _finish(cols, name, max_notes_per_frame)
+    return _finish(cols, name, max_notes_per_frame, duplicates)
 
 
-def build_notes(raw: np.ndarray, name: str = "<notes>", max_notes_per_frame: int = MAX_NOTES_PER_FRAME
-                ) -> tuple[np.ndarray, int]:
+def check_duplicates(duplicates: str) -> None:
+    """ValueError unless ``duplicates`` is one of DUPLICATES."""
+    if duplicates not in DUPLICATES:
+        raise ValueError(f"duplicates must be one of {', '.join(map(repr, DUPLICATES))}, got {duplicates!r}")
+
+
+def build_notes(raw: np.ndarray, name: str = "<notes>", max_notes_per_frame: int = MAX_NOTES_PER_FRAME,
+                duplicates: str = "longest") -> tuple[np.ndarray, int]:
     """Finish raw rows (frame, instrument, pitch, length IN FRAMES, velocity, track) into (notes, n_frames).
 
     Checks ranges, maps lengths to duration classes, keeps the longest of exact duplicates (same frame,
-    instrument, pitch) and the first ``max_notes_per_frame`` notes of a frame in track order.
+    instrument, pitch; all of them with ``duplicates='keep'``) and the first ``max_notes_per_frame`` notes of
+    a frame in track order.
     """
+    check_duplicates(duplicates)
     raw = np.asarray(raw).reshape(-1, len(NOTE_FIELDS))
     if raw.dtype.kind != "i":
         raw = np.asarray(raw, np.float64)
@@ -169,7 +188,7 @@ def build_notes(raw: np.ndarray, name: str = "<notes>", max_notes_per_frame: int
         raise ValueError(f"{name}: no notes")
     _check_times(raw[:, FRAME], raw[:, DURATION], name)  # before any integer cast can wrap a huge value
     return _finish(tuple(np.ascontiguousarray(raw[:, c], np.int64) for c in range(len(NOTE_FIELDS))), name,
-                   max_notes_per_frame)
+                   max_notes_per_frame, duplicates)
 
 
 def _check_times(frame: np.ndarray, length: np.ndarray, name: str) -> None:
@@ -179,8 +198,10 @@ def _check_times(frame: np.ndarray, length: np.ndarray, name: str) -> None:
                          f"{int(length[bad])} frames; a song must end before frame {MAX_SONG_FRAMES})")
 
 
-def _finish(cols: tuple[np.ndarray, ...], name: str, max_notes_per_frame: int) -> tuple[np.ndarray, int]:
+def _finish(cols: tuple[np.ndarray, ...], name: str, max_notes_per_frame: int, duplicates: str = "longest"
+            ) -> tuple[np.ndarray, int]:
     """build_notes on six contiguous int64 columns (column arrays: ~2x faster than strided [N, 6] slices)."""
+    check_duplicates(duplicates)
     frame, ins, pitch, length, vel, track = cols
     if len(frame) == 0:
         raise ValueError(f"{name}: no notes")
@@ -189,15 +210,19 @@ def _finish(cols: tuple[np.ndarray, ...], name: str, max_notes_per_frame: int) -
         raise ValueError(f"{name}: pitch out of 0..127")
     n_frames = int(max((frame + np.maximum(length, 1)).max(), 1))
     dur = duration_class(np.maximum(length, 0))
-    # dedup (frame, instrument, pitch): keep the longest (stable, first track wins ties). Every field is in range
-    # here (frame < 2^16, instrument/pitch < 128, duration class < 24), so the key needs no clipping.
-    key = (((frame << 8 | ins) << 7 | pitch) << 5) | (N_DURATIONS - 1 - dur)
-    order = np.argsort(key, kind="stable")
-    key = key[order] >> 5
-    keep = np.empty(len(key), bool)
-    keep[0] = True
-    np.not_equal(key[1:], key[:-1], out=keep[1:])
-    order = order[keep]
+    # Every field is in range here (frame < 2^16, instrument/pitch < 128, duration class < 24), so the key needs
+    # no clipping (but the track, as in sort_notes).
+    key = ((frame << 8 | ins) << 7 | pitch) << 5
+    if duplicates == "longest":  # dedup (frame, instrument, pitch): keep the longest (stable: first track wins ties)
+        key |= N_DURATIONS - 1 - dur
+        order = np.argsort(key, kind="stable")
+        key = key[order] >> 5
+        keep = np.empty(len(key), bool)
+        keep[0] = True
+        np.not_equal(key[1:], key[:-1], out=keep[1:])
+        order = order[keep]
+    else:  # keep all: the storage order (frame, instrument, pitch, duration, track), then as read (stable)
+        order = np.argsort((key | dur) << 16 | np.clip(track, 0, (1 << 16) - 1), kind="stable")
     raw = np.empty((len(order), len(NOTE_FIELDS)), np.int32)
     raw[:, FRAME], raw[:, INSTRUMENT], raw[:, PITCH] = frame[order], ins[order], pitch[order]
     raw[:, DURATION], raw[:, VELOCITY], raw[:, TRACK] = dur[order], np.clip(vel[order], 1, 127), track[order]
@@ -206,7 +231,7 @@ def _finish(cols: tuple[np.ndarray, ...], name: str, max_notes_per_frame: int) -
         raw = raw[np.argsort(_sort_key(raw, (FRAME, TRACK), (18, 16)), kind="stable")]
         rank = np.arange(len(raw)) - np.searchsorted(raw[:, FRAME], raw[:, FRAME], side="left")
         return sort_notes(raw[rank < max_notes_per_frame]), n_frames
-    return raw, n_frames  # already in storage order: sorted by (frame, instrument, pitch), now unique
+    return raw, n_frames  # already in storage order: sorted by (frame, instrument, pitch), unique with 'longest'
 
 
 # ------------------------------------------------------------------------------------------ tokens <-> notes

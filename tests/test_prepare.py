@@ -112,7 +112,7 @@ def test_folder_of_only_bad_files_fails(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["no_midi_dir_flag", "missing_dir", "out_inside", "out_is_file", "out_under_file",
-                                  "workers_0", "shard_size_bad", "no_midi", "foreign_out"])
+                                  "workers_0", "shard_size_bad", "no_midi", "foreign_out", "duplicates_bad"])
 def test_user_errors_one_line_nothing_created(tmp_path, capsys, case):
     src, out = tmp_path / "in", tmp_path / "out"
     write_song(src / "a.mid", np.random.default_rng(2), 32)
@@ -130,6 +130,8 @@ def test_user_errors_one_line_nothing_created(tmp_path, capsys, case):
         "shard_size_bad": ([f"--midi_dir={src}", f"--out={out}", "--shard_size=x"], ["--shard_size"]),
         "no_midi": ([f"--midi_dir={tmp_path / 'empty'}", f"--out={out}"], ["no MIDI files", "empty"]),
         "foreign_out": ([f"--midi_dir={src}", f"--out={tmp_path / 'other'}"], ["did not write", "other"]),
+        "duplicates_bad": ([f"--midi_dir={src}", f"--out={out}", "--duplicates=first"],
+                           ["--duplicates=first", "must be longest or keep"]),
     }[case]
     before = sorted(p.name for p in tmp_path.rglob("*"))
     rc, err = _run(capsys, *args)
@@ -187,3 +189,58 @@ def test_record_bytes_are_the_tfds_example():
         back = records.decode_song(records.encode_song(song))
         assert back["id"] == song["id"] and back["n_frames"] == 70_000
         np.testing.assert_array_equal(back["notes"], np.concatenate([notes[:, :1], np.clip(notes[:, 1:], 0, 255)], 1))
+
+
+def test_duplicates_keep_stores_every_duplicate_and_is_recorded(tmp_path, capsys):
+    """--duplicates=keep (the official la_cp16_v2) stores both notes of a doubled part and records the choice;
+    a re-run with the other value converts the file again; a run whose data.duplicates disagrees stops."""
+    import ml_collections
+    import symusic
+
+    from m4mjax.datasets import pipeline
+    from m4mjax.run import cli
+
+    assert prep.DUPLICATES == tok.DUPLICATES
+    src, out = tmp_path / "in", tmp_path / "out"
+    score = symusic.Score(96)  # 24 ticks per frame; program 3 plays pitch 60 at frame 0 on two tracks
+    for length, vel in ((2, 70), (8, 90)):
+        track = symusic.Track(program=3)
+        track.notes.append(symusic.Note(0, length * 24, 60, vel))
+        score.tracks.append(track)
+    src.mkdir()
+    score.dump_midi(str(src / "doubled.mid"))
+    both = [[0, 3, 60, 1, 70, 0], [0, 3, 60, 5, 90, 1]]  # 2 frames = class 1, 8 frames = class 5
+    rc, err = _run(capsys, f"--midi_dir={src}", f"--out={out}", "--workers=1", "--duplicates=keep")
+    assert rc == 0 and err == ["m4mjax.prepare: +1 new, -0 removed, 0 unchanged"]
+    assert _songs(out)["doubled.mid"].tolist() == both
+    assert json.loads((out / "plan.json").read_text())["settings"] == {"duplicates": "keep"}
+    assert json.loads((out / "report.json").read_text())["settings"] == {"duplicates": "keep"}
+    rc, err = _run(capsys, f"--midi_dir={src}", f"--out={out}", "--workers=1", "--duplicates=keep")
+    assert rc == 0 and err == ["m4mjax.prepare: +0 new, -0 removed, 1 unchanged"]  # same setting: nothing redone
+
+    cfg = ml_collections.ConfigDict(dict(name=str(out), dir="", duplicates="keep"))
+    src_, lengths = pipeline.open_split(cfg, "test")  # file index 0: the test split
+    assert src_[0]["notes"].tolist() == both and lengths.tolist() == [8]
+    cfg.duplicates = "longest"
+    with pytest.raises(cli.UserError) as e:
+        pipeline.open_split(cfg, "test")
+    msg = str(e.value)
+    assert "\n" not in msg and "--duplicates=keep" in msg and "data.duplicates='longest'" in msg, msg
+    cfg.duplicates = "newest"
+    with pytest.raises(cli.UserError, match="data.duplicates='newest'"):
+        pipeline.open_split(cfg, "test")
+
+    rc, err = _run(capsys, f"--midi_dir={src}", f"--out={out}", "--workers=1")  # back to the default, 'longest'
+    assert rc == 0 and err == ["m4mjax.prepare: +0 new, -0 removed, 0 unchanged, 1 changed"]
+    assert _songs(out)["doubled.mid"].tolist() == [[0, 3, 60, 5, 90, 1]]  # the longest only
+    assert json.loads((out / "plan.json").read_text())["settings"] == {"duplicates": "longest"}
+    cfg.duplicates = "longest"
+    assert pipeline.open_split(cfg, "test")[0][0]["notes"].tolist() == [[0, 3, 60, 5, 90, 1]]
+    plan = json.loads((out / "plan.json").read_text())
+    del plan["settings"]  # a folder prepared before the setting was recorded: nothing to check against
+    records.write_json(out / "plan.json", plan)
+    cfg.duplicates = "keep"
+    assert len(pipeline.open_split(cfg, "test")[0]) == 1
+    embedded = ml_collections.ConfigDict(dict(name="m4m_default/full", dir=str(tmp_path / "none"), duplicates="keep"))
+    with pytest.raises(cli.UserError, match="m4m_default/full was built with --duplicates=longest"):
+        pipeline.open_split(embedded, "train")  # the embedded corpus is built 'longest', before any build check

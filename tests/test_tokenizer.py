@@ -159,3 +159,76 @@ def test_notes_to_midi_writes_timing_and_ends_at_end_frame(tmp_path):
     tok.notes_to_midi(notes[:2], tmp_path / "y.mid", 96)  # no end given: notes keep their full class length
     smf = read_smf(tmp_path / "y.mid")
     assert smf.tempos == [(0, 500000)] and smf.time_signatures == [(0, 4, 4)] and smf.end == 1024 * 24
+
+
+def _doubled_song(tmp_path):
+    """A MIDI file (96 ticks per quarter, 24 per frame) whose note (frame 0, program 5, pitch 60) is on three
+    tracks with lengths 8, 2 and 8 frames; program 7 plays the same pitch (not a duplicate: other instrument)."""
+    score = symusic.Score(96)
+    for program, notes in ((5, [(60, 8, 90), (64, 4, 80)]), (5, [(60, 2, 70)]), (5, [(60, 8, 50)]), (7, [(60, 4, 80)])):
+        track = symusic.Track(program=program)
+        track.notes.extend([symusic.Note(0, frames * 24, pitch, vel) for pitch, frames, vel in notes])
+        score.tracks.append(track)
+    path = tmp_path / "doubled.mid"
+    score.dump_midi(str(path))
+    return path
+
+
+# rows (frame, instrument, pitch, duration class, velocity, track); lengths 2, 4, 8 frames are classes 1, 3, 5
+DOUBLED_LONGEST = [[0, 5, 60, 5, 90, 0],  # the longest; tracks 0 and 2 tie: the first track wins
+                   [0, 5, 64, 3, 80, 0], [0, 7, 60, 3, 80, 3]]
+DOUBLED_KEEP = [[0, 5, 60, 1, 70, 1],  # every duplicate, shortest first, then by track
+                [0, 5, 60, 5, 90, 0], [0, 5, 60, 5, 50, 2],
+                [0, 5, 64, 3, 80, 0], [0, 7, 60, 3, 80, 3]]
+
+
+def test_duplicates_longest_by_default_or_all_kept(tmp_path):
+    path = _doubled_song(tmp_path)
+    for kw, want in (({}, DOUBLED_LONGEST), ({"duplicates": "longest"}, DOUBLED_LONGEST),
+                     ({"duplicates": "keep"}, DOUBLED_KEEP)):
+        notes, n = tok.midi_to_notes(path, **kw)
+        assert notes.tolist() == want and notes.dtype == np.int32 and n == 8, kw
+    raw = [[0, 5, 60, 8, 90, 0], [0, 5, 64, 4, 80, 0], [0, 5, 60, 2, 70, 1], [0, 5, 60, 8, 50, 2],
+           [0, 7, 60, 4, 80, 3]]  # the same song as raw rows (lengths in frames), tracks interleaved
+    assert tok.build_notes(np.array(raw))[0].tolist() == DOUBLED_LONGEST
+    assert tok.build_notes(np.array(raw), duplicates="keep")[0].tolist() == DOUBLED_KEEP
+    row = tok.notes_to_tokens(np.array(DOUBLED_KEEP, np.int32), 0, 1)[0]  # kept duplicates reach the tokens
+    assert row[:11].tolist() == [5, 60 + 2 * 128, 5, 60 + 6 * 128, 5, 60 + 6 * 128, 5, 64 + 4 * 128,
+                                 7, 60 + 4 * 128, tok.EOS]
+
+
+def test_kept_duplicates_count_toward_the_frame_cap():
+    raw = np.array([[0, 5, 60, 8, 90, 0], [0, 5, 60, 2, 70, 1], [0, 5, 50, 4, 80, 2],  # frame 0: 3 notes
+                    [4, 5, 60, 1, 60, 0], [4, 5, 60, 1, 61, 0]])  # frame 4: one note twice on one track
+    keep, n = tok.build_notes(raw, max_notes_per_frame=2, duplicates="keep")
+    assert keep.tolist() == [[0, 5, 60, 1, 70, 1], [0, 5, 60, 5, 90, 0],  # tracks 0 and 1 fill the cap of 2
+                             [4, 5, 60, 0, 60, 0], [4, 5, 60, 0, 61, 0]] and n == 8  # as read
+    longest, _ = tok.build_notes(raw, max_notes_per_frame=2)  # one of the pair: track 2's note fits
+    assert longest.tolist() == [[0, 5, 50, 3, 80, 2], [0, 5, 60, 5, 90, 0], [4, 5, 60, 0, 60, 0]]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_keep_is_every_note_in_storage_order_capped_in_track_order(seed):
+    """'keep' against a plain-Python reading of the rule: per frame the first `cap` notes in track order, then
+    sorted by (frame, instrument, pitch, duration class, track), ties as read."""
+    rng = np.random.default_rng(seed)
+    n, cap = 300, 3
+    raw = np.stack([rng.integers(0, 20, n), rng.integers(0, 3, n), rng.integers(60, 63, n), rng.integers(1, 9, n),
+                    rng.integers(1, 128, n), rng.integers(0, 4, n)], 1)
+    dur = {1: 0, 2: 1, 3: 2, 4: 3, 5: 3, 6: 4, 7: 4, 8: 5}  # nearest template, ties to the shorter
+    rows = [(f, i, p, dur[d], v, t, k) for k, (f, i, p, d, v, t) in enumerate(raw.tolist())]
+    kept = []
+    for f in sorted({r[0] for r in rows}):
+        kept += sorted((r for r in rows if r[0] == f), key=lambda r: (r[5], r[1], r[2], r[3], r[6]))[:cap]
+    want = [list(r[:6]) for r in sorted(kept, key=lambda r: (r[0], r[1], r[2], r[3], r[5], r[6]))]
+    assert tok.build_notes(raw, max_notes_per_frame=cap, duplicates="keep")[0].tolist() == want
+
+
+def test_bad_duplicates_value(tmp_path):
+    path = _doubled_song(tmp_path)
+    cols = tuple(np.zeros(1, np.int64) for _ in range(6))
+    for call in (lambda: tok.midi_to_notes(path, duplicates="first"),
+                 lambda: tok.build_notes(np.array([[0, 0, 60, 4, 80, 0]]), duplicates="first"),
+                 lambda: tok._finish(cols, "x", 16, "first")):
+        with pytest.raises(ValueError, match="duplicates must be one of 'longest', 'keep', got 'first'"):
+            call()

@@ -39,9 +39,9 @@ DEVIATIONS = {
                  "m4m_default/full; pass your Lakh folder prepared by `python -m m4mjax.prepare` "
                  "(--config.data.name=data/lakh). Validation is that corpus' held-out split (song % 10 == 1) in "
                  "fixed unshifted windows, where the official code validated on all of RWC-POP in random windows.",
-    "data.duplicates": "no switch yet: our note storage keeps the longest of exact duplicates (same frame, "
-                       "instrument, pitch) when a corpus is prepared (m4mjax.tokenizer.build_notes); the official "
-                       "pretraining data kept them.",
+    "data.duplicates": "m4m_default/full was built keeping the longest of exact duplicate notes; la_cp16_v2 kept "
+                       "them (dedup=False). With a Lakh folder prepared `--duplicates=keep`, pass "
+                       "--config.data.duplicates=keep (a mismatch between the two is refused).",
 }
 
 

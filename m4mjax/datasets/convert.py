@@ -2,7 +2,8 @@
 
 Layout of an output directory::
 
-    plan.json                    chunks of items, each item with its fixed ``index`` (the split key)
+    plan.json                    chunks of items, each item with its fixed ``index`` (the split key), and the
+                                 caller's ``settings`` (how the songs were made, e.g. prepare's ``duplicates``)
     shards/00012.json            written LAST for chunk 12: its songs (id, group, split, n_frames, n_notes), errors
                                  and the digest of the chunk's items it was made from
     shards/00012.<split>.array_record   the chunk's songs of that split (records.py format)
@@ -77,12 +78,14 @@ def _read_plan(out: Path) -> dict[str, Any] | None:
     return plan
 
 
-def update_plan(out: Path, items: Sequence[Item], shard_size: int, skipped: Sequence[dict[str, str]] = ()
-                ) -> tuple[dict[str, Any], dict[str, int]]:
+def update_plan(out: Path, items: Sequence[Item], shard_size: int, skipped: Sequence[dict[str, str]] = (),
+                settings: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, int]]:
     """Load or create plan.json for the current items; returns (plan, counts of new/removed/changed/unchanged).
 
     Existing items keep their chunk and index; removed ones leave their chunk (which is then redone, so their
     songs and errors disappear); new ones fill new chunks in key order; chunks left empty are deleted.
+    ``settings`` (JSON) replace the recorded ones; a setting that changes the songs must also be in the items
+    (hence in the chunk digests), so that chunks made with another value are redone.
     """
     keys = [it["key"] for it in items]
     if len(set(keys)) != len(keys):
@@ -118,6 +121,8 @@ def update_plan(out: Path, items: Sequence[Item], shard_size: int, skipped: Sequ
         chunk = [{**it, "index": idx + j + i} for i, it in enumerate(new[j:j + size])]
         chunks.append({"chunk": k0 + j // size, "items": chunk, "digest": chunk_digest(chunk)})
     plan = {**plan, "layout": PLAN_LAYOUT, "next_index": idx + len(new), "skipped": list(skipped), "chunks": chunks}
+    if settings is not None:
+        plan["settings"] = dict(settings)
     records.write_json(out / "plan.json", plan)
     return plan, counts
 
@@ -186,15 +191,17 @@ def _done(out: Path, c: dict[str, Any]) -> bool:
 
 def convert(items: Sequence[Item], loader: Loader | str, out: str | Path, *, shard_size: int = 256,
             workers: int = 1, split_fn: SplitFn = index_split, desc: str = "convert", progress: bool = True,
-            max_chunks: int | None = None, skipped: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
+            max_chunks: int | None = None, skipped: Sequence[dict[str, str]] = (),
+            settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Convert items into ``out`` (resumable, incremental, ``workers`` processes); returns and writes report.json.
 
     ``loader`` is a function or ``"module:function"`` (imported only in the workers). ``skipped``: paths the
-    caller rejected before conversion (``key``, ``error``), listed in the report. ``max_chunks`` stops after
-    that many chunks (used to test resuming).
+    caller rejected before conversion (``key``, ``error``), listed in the report. ``settings``: how the songs
+    are made, recorded in plan.json and the report (see update_plan). ``max_chunks`` stops after that many
+    chunks (used to test resuming).
     """
     out = Path(out)
-    plan, counts = update_plan(out, items, shard_size, skipped)
+    plan, counts = update_plan(out, items, shard_size, skipped, settings)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     todo = [c for c in plan["chunks"] if not _done(out, c)]
     if max_chunks is not None:
@@ -245,7 +252,8 @@ def write_report(out: Path, seconds: float, plan: dict[str, Any] | None = None,
     n_items = sum(len(c["items"]) for c in (plan or {}).get("chunks", []))
     report = {"items": n_items, "items_done": int(sum(m["n_items"] for m in markers)),
               "songs": int(sum(v["songs"] for v in split_stats.values())), "bad_items": len(bad),
-              "changes": changes or {}, "splits": split_stats, "groups": groups,
+              "changes": changes or {}, **({"settings": plan["settings"]} if plan and "settings" in plan else {}),
+              "splits": split_stats, "groups": groups,
               "seconds_this_run": round(seconds, 2),
               "cpu_seconds_all_chunks": round(sum(m["seconds"] for m in markers), 2), "bad": bad}
     records.write_json(out / "report.json", report)
@@ -274,7 +282,9 @@ class ShardSource:
     def __init__(self, out: str | Path, split: str):
         import grain  # local: keep conversion workers light
 
-        markers = load_markers(out)
+        plan = _read_plan(Path(out))
+        markers = load_markers(out, plan)
+        self.settings = dict((plan or {}).get("settings", {}))  # how the songs were made (plan.json)
         paths = [str(Path(out) / "shards" / f"{m['chunk']:05d}.{split}.array_record") for m in markers
                  if m["songs"].get(split)]
         if not paths:

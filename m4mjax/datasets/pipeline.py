@@ -10,7 +10,8 @@ output folder | 'prepared'), dir (TFDS data_dir, or the prepare output for 'prep
 split over processes), max_frame_tokens, pitch_shift ((lo, hi) semitones for training; (0, 0) = off; a chord track
 moves by pitch class inside its registers), drop_short (drop songs shorter than a window, as the paper; else pad),
 reference / target (optional stream selectors: 'all', 'music', 'labels', 'drums', 'others', 'track:K', 'notrack:K'
--> extra 'reference' and 'target' windows for the two-stream tasks), num_threads.
+-> extra 'reference' and 'target' windows for the two-stream tasks), num_threads, duplicates (how the corpus
+stores exact duplicate notes, 'longest' | 'keep': a prepared folder that records another value is an error).
 """
 from __future__ import annotations
 
@@ -93,15 +94,32 @@ def prepared_dir(cfg_data: Any) -> str | None:
     return None
 
 
+def _check_duplicates(corpus: str, built: str | None, wanted: str) -> None:
+    """One-line error when the corpus was built with another duplicates setting than data.duplicates says."""
+    if built is not None and built != wanted:
+        from m4mjax.run.cli import UserError
+
+        raise UserError(f"{corpus} was built with --duplicates={built}, but data.duplicates={wanted!r}; set "
+                        f"--config.data.duplicates={built}, or prepare a folder with --duplicates={wanted}",
+                        "data.duplicates")
+
+
 def open_split(cfg_data: Any, split: str) -> tuple[Any, np.ndarray]:
     """(random-access song source, song lengths in frames) of one split of the configured dataset."""
     if split not in records.SPLITS:
         raise ValueError(f"split must be one of {records.SPLITS}, got {split!r}")
+    duplicates = cfg_data.get("duplicates", "longest")
+    if duplicates not in tok.DUPLICATES:
+        from m4mjax.run.cli import UserError
+
+        raise UserError(f"must be one of {', '.join(tok.DUPLICATES)}", f"data.duplicates={duplicates!r}")
     prepared = prepared_dir(cfg_data)
     if prepared is not None:
         src = convert.ShardSource(prepared, split)
+        _check_duplicates(prepared, src.settings.get("duplicates"), duplicates)  # None: prepared before recorded
         return src, src.lengths
     if cfg_data.name.startswith("m4m_default/"):
+        _check_duplicates(cfg_data.name, "longest", duplicates)  # the embedded corpus is built 'longest'
         from m4mjax.datasets import default
 
         variant = cfg_data.name.split("/", 1)[1]

@@ -1,8 +1,10 @@
 """Readers for the embedded corpus: MIDI files, MIDI lumps inside Doom WADs, and music21's bundled scores.
 
 Every loader takes an item dict (see convert.py) and returns songs ``{id, group, notes, n_frames}`` or raises
-ValueError naming the item. ABC chord symbols ("quoted strings" music21 reads as ChordSymbol) become a chord
-track (labels.chord_track) after the melody, so folk tunes with chords serve the melody<->chord tasks.
+ValueError naming the item; an item's optional ``duplicates`` ('longest' when absent, or 'keep') says how exact
+duplicate notes are stored (m4mjax.tokenizer). ABC chord symbols ("quoted strings" music21 reads as
+ChordSymbol) become a chord track (labels.chord_track) after the melody, so folk tunes with chords serve the
+melody<->chord tasks.
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ def wad_midi_items(path: str | Path, group: str, key_prefix: str, seen: set[str]
 # ------------------------------------------------------------------------------------------------ loaders
 def load_item(item: dict[str, Any]) -> list[dict[str, Any]]:
     """Convert one item (kind midi | wad | music21) to its songs."""
-    kind = item["kind"]
+    kind, duplicates = item["kind"], item.get("duplicates", "longest")
     if kind == "midi":  # read here so every message names the item's key (a safe, relative name)
         try:
             with open(item["path"], "rb") as f:
@@ -66,17 +68,17 @@ def load_item(item: dict[str, Any]) -> list[dict[str, Any]]:
         except OSError as e:
             raise ValueError(f"{item['key']}: cannot read ({e.strerror or e})") from None
         score = tok.load_midi(item["key"], data=blob)
-        notes, n = tok.midi_to_notes(score, name=item["key"])
+        notes, n = tok.midi_to_notes(score, name=item["key"], duplicates=duplicates)
         return [{"id": item["key"], "group": item["group"], "notes": notes, "n_frames": n}]
     if kind == "wad":
         with open(item["path"], "rb") as f:
             f.seek(item["offset"])
             blob = f.read(item["size"])
         score = tok.load_midi(item["key"], data=blob)
-        notes, n = tok.midi_to_notes(score, name=item["key"])
+        notes, n = tok.midi_to_notes(score, name=item["key"], duplicates=duplicates)
         return [{"id": item["key"], "group": item["group"], "notes": notes, "n_frames": n}]
     if kind == "music21":
-        return music21_songs(item["path"], item["key"], item["group"])
+        return music21_songs(item["path"], item["key"], item["group"], duplicates)
     raise ValueError(f"{item.get('key')}: unknown item kind {kind!r}")
 
 
@@ -105,7 +107,7 @@ def chord_symbol_label(cs: Any) -> str | None:
     return label
 
 
-def score_to_notes(score: Any, name: str) -> tuple[np.ndarray, int, int]:
+def score_to_notes(score: Any, name: str, duplicates: str = "longest") -> tuple[np.ndarray, int, int]:
     """A music21 Score -> (notes, n_frames, number of chord symbols rendered as a chord track)."""
     from music21 import harmony, meter
 
@@ -166,11 +168,11 @@ def score_to_notes(score: Any, name: str) -> tuple[np.ndarray, int, int]:
     if n_chords:  # chord-track rows carry duration classes; convert back to frames for build_notes
         is_chord = raw[:, tok.TRACK] == len(parts)
         raw[is_chord, tok.DURATION] = tok.DURATION_FRAMES[raw[is_chord, tok.DURATION].astype(int)]
-    notes, n_frames = tok.build_notes(raw, name)
+    notes, n_frames = tok.build_notes(raw, name, duplicates=duplicates)
     return notes, n_frames, n_chords
 
 
-def music21_songs(path: str, key: str, group: str) -> list[dict[str, Any]]:
+def music21_songs(path: str, key: str, group: str, duplicates: str = "longest") -> list[dict[str, Any]]:
     """Parse a music21 corpus file (an ABC file may hold many tunes) into songs ``key#i``."""
     import music21
 
@@ -182,7 +184,7 @@ def music21_songs(path: str, key: str, group: str) -> list[dict[str, Any]]:
     songs = []
     for i, sc in enumerate(scores):
         try:
-            notes, n_frames, n_chords = score_to_notes(sc, f"{key}#{i}")
+            notes, n_frames, n_chords = score_to_notes(sc, f"{key}#{i}", duplicates)
         except ValueError:
             continue  # an empty tune inside a collection; the file is still usable
         songs.append({"id": f"{key}#{i}", "group": group, "notes": notes, "n_frames": n_frames,
