@@ -98,10 +98,8 @@ def evaluate(workdir: str, splits=("valid", "test"), max_batches: int = 0, data_
             out[split] = r
             print(f"{split}: loss {r['loss']:.4f}  ppl {r['perplexity']:.2f}  acc {r['accuracy']:.3f}  "
                   f"| unigram ppl {r['unigram_perplexity']:.2f}  ({int(r['tokens'])} tokens, {r['covers']})")
-    from m4mjax import sample
-
-    batch = next(iter(steps_lib.eval_batches(cfg, splits[-1], 1)[0]))
-    out["global_spread"] = global_spread(sample.load_model(workdir), batch["tokens"])
+        batch = next(iter(steps_lib.eval_batches(cfg, splits[-1], 1)[0]))
+        out["global_spread"] = global_spread(s.model(trainable, frozen, rest), batch["tokens"])
     print(f"global spread {out['global_spread']:.2g}" + (
         f"  WARNING: below {SPREAD_WARNING}: the global decoder gives (almost) the same output for every frame"
         if out["global_spread"] < SPREAD_WARNING else ""))

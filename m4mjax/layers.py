@@ -70,6 +70,9 @@ def fold(key: jax.Array | None, i: int) -> jax.Array | None:
     return None if key is None else jax.random.fold_in(key, i)
 
 
+NORMS = ("post", "pre")  # where each block's LayerNorms sit (model.norm)
+
+
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
     """LayerNorm over the last axis, statistics in float32."""
     xf = x.astype(jnp.float32)
@@ -108,13 +111,18 @@ def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
 
 
 class Block(nnx.Module):
-    """One post-LN RoFormer layer: LN(x + Drop(Attn(x)) [+ cross delta]); LN(h + Drop(FFN(h)))."""
+    """One RoFormer layer. Post-LN (official): h = LN1(x + Drop(Attn(x)) [+ cross]); y = LN2(h + Drop(FFN(h))).
+    Pre-LN (``norm='pre'``): h = x + Drop(Attn(LN1(x))) [+ cross]; y = h + Drop(FFN(LN2(h))) (the stack ends
+    with a final LayerNorm)."""
 
     def __init__(self, width: int, heads: int, ffn: int, *, dropout: float = 0.1, eps: float = 1e-12,
-                 lora_rank: int = 0, lora_alpha: float = 0.0, lora_dropout: float = 0.0,
+                 lora_rank: int = 0, lora_alpha: float = 0.0, lora_dropout: float = 0.0, norm: str = "post",
                  dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         if width % heads:
             raise ValueError(f"model config: width {width} not divisible by heads {heads}")
+        if norm not in NORMS:
+            raise ValueError(f"model.norm must be one of {NORMS}, got {norm!r}")
+        self.pre_norm = norm == "pre"
         hd = width // heads
         self.heads, self.head_dim, self.rate, self.eps, self.dtype = heads, hd, dropout, eps, dtype
         u, p = torch_uniform, functools.partial(param, rngs, dtype=param_dtype)
@@ -143,10 +151,11 @@ class Block(nnx.Module):
         """x [N,T,E]; mask bool broadcastable to [N,T,S] (True = attend) or None; returns (y, new cache)."""
         dt = self.dtype
         xc = x.astype(dt)
-        qkv = jnp.einsum("nte,ejhd->ntjhd", xc, self.qkv[...].astype(dt)) + self.qkv_b[...].astype(dt)
+        xa = layer_norm(xc, self.ln1_scale[...], self.ln1_bias[...], self.eps) if self.pre_norm else xc
+        qkv = jnp.einsum("nte,ejhd->ntjhd", xa, self.qkv[...].astype(dt)) + self.qkv_b[...].astype(dt)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if self.lora_rank:
-            xl = dropout(xc, self.lora_rate, fold(key, 0))
+            xl = dropout(xa, self.lora_rate, fold(key, 0))
             a, b = self.lora_a[...].astype(dt), self.lora_b[...].astype(dt)
             low = jnp.einsum("nte,jer->jntr", xl, a)
             q = q + jnp.einsum("ntr,rhd->nthd", low[0], b[0]) * self.lora_scale
@@ -167,9 +176,15 @@ class Block(nnx.Module):
         att = dropout(att, self.rate, fold(key, 2))
         if cross is not None:  # FA_cross: gated adapter output joins the self-attention output pre-LN
             att = att + cross(layer_index, x).astype(dt)
-        h = layer_norm(att + xc, self.ln1_scale[...], self.ln1_bias[...], self.eps)
-        f = jax.nn.gelu(h @ self.ff1[...].astype(dt) + self.ff1_b[...].astype(dt), approximate=False)
+        if self.pre_norm:
+            h = att + xc
+            hf = layer_norm(h, self.ln2_scale[...], self.ln2_bias[...], self.eps)
+        else:
+            h = hf = layer_norm(att + xc, self.ln1_scale[...], self.ln1_bias[...], self.eps)
+        f = jax.nn.gelu(hf @ self.ff1[...].astype(dt) + self.ff1_b[...].astype(dt), approximate=False)
         f = dropout(f @ self.ff2[...].astype(dt) + self.ff2_b[...].astype(dt), self.rate, fold(key, 3))
+        if self.pre_norm:
+            return f + h, new_cache
         return layer_norm(f + h, self.ln2_scale[...], self.ln2_bias[...], self.eps), new_cache
 
 
@@ -190,6 +205,11 @@ class Stack(nnx.Module):
             self.pos_table = param(rngs, nnx.initializers.normal(1.0), (max_positions, self.head_dim),
                                    (None, "head_dim"), block_kw.get("param_dtype", jnp.float32))
         self.blocks = nnx.List([Block(width, heads, ffn, rngs=rngs, **block_kw) for _ in range(n_layers)])
+        if block_kw.get("norm", "post") == "pre":  # pre-LN: the residual stream is normalised once, at the end
+            pdt = block_kw.get("param_dtype", jnp.float32)
+            self.final_ln_scale = param(rngs, nnx.initializers.ones, (width,), ("embed",), pdt)
+            self.final_ln_bias = param(rngs, nnx.initializers.zeros, (width,), ("embed",), pdt)
+            self.eps = block_kw.get("eps", 1e-12)
         self.remat, self.max_positions, self.limit = remat, max_positions, limit
         self.heads = heads
 
@@ -236,6 +256,8 @@ class Stack(nnx.Module):
                 run = nnx.remat(run)
             x, c = run(blk, x, sin, cos, c, cache_index, fold(key, i))
             new_caches.append(c)
+        if hasattr(self, "final_ln_scale"):
+            x = layer_norm(x, self.final_ln_scale[...], self.final_ln_bias[...], self.eps)
         return x, hiddens, (new_caches if cache is not None else None)
 
     def init_cache(self, n: int, length: int, dtype) -> list[KV]:

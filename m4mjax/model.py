@@ -43,6 +43,8 @@ def model_config(size: int = 1) -> ml_collections.ConfigDict:
         local_layers=3, local_heads=8, local_ffn=768,  # local encoder and local decoder
         dropout=0.1,  # hidden and attention-probability dropout
         layer_norm_eps=1e-12,  # HF RoFormer default
+        norm="post",  # 'post' (official: LayerNorm after each residual sum) | 'pre' (LayerNorm on each block's input,
+        # one final LayerNorm per stack; the official checkpoints are post-LN)
         max_frames=1536,  # global rotary table length: frame positions must stay below it
         position_tables="sinusoid",  # rotary tables: 'sinusoid' (fixed) | 'learned' (all three stacks: trainable,
         # N(0,1) init, what the official modules hold under transformers 4.52.4) | 'learned_local' (local stacks
@@ -69,7 +71,7 @@ class M4MTransformer(nnx.Module):
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         self.dtype = dt
         E, V = cfg.width, cfg.vocab_size
-        common = dict(dropout=cfg.dropout, eps=cfg.layer_norm_eps, dtype=dt, param_dtype=pdt, remat=cfg.remat,
+        common = dict(dropout=cfg.dropout, eps=cfg.layer_norm_eps, norm=cfg.get("norm", "post"), dtype=dt, param_dtype=pdt, remat=cfg.remat,
                       rngs=rngs)
         lora = dict(lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
         local_lora = lora if cfg.lora_scope == "all" else {}

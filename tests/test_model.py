@@ -241,3 +241,68 @@ def test_global_spread_sees_a_collapsed_global_decoder():
     last = model.global_decoder.blocks[-1]
     last.ln2_scale[...] = last.ln2_scale[...] * 0
     assert evaluate.global_spread(model, tokens) < 1e-6
+
+
+def _np_block(blk, x, norm):
+    """The layer written out in numpy from the spec (no rotation: sin 0, cos 1), post- or pre-LN."""
+    from scipy.special import erf
+
+    g = {k: np.asarray(getattr(blk, k)[...], np.float64) for k in
+         ("qkv", "qkv_b", "o", "o_b", "ff1", "ff1_b", "ff2", "ff2_b", "ln1_scale", "ln1_bias", "ln2_scale", "ln2_bias")}
+
+    def ln(v, s, b):
+        return (v - v.mean(-1, keepdims=True)) / np.sqrt(v.var(-1, keepdims=True) + blk.eps) * s + b
+
+    def attn(a):
+        q, k, v = (np.einsum("te,ehd->thd", a, g["qkv"][:, j]) + g["qkv_b"][j] for j in range(3))
+        s = np.einsum("thd,shd->hts", q, k) / np.sqrt(q.shape[-1])
+        p = np.exp(s - s.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        return np.einsum("thd,hde->te", np.einsum("hts,shd->thd", p, v), g["o"]) + g["o_b"]
+
+    def ffn(a):
+        u = a @ g["ff1"] + g["ff1_b"]
+        return (0.5 * u * (1 + erf(u / np.sqrt(2)))) @ g["ff2"] + g["ff2_b"]
+
+    if norm == "post":
+        h = ln(x + attn(x), g["ln1_scale"], g["ln1_bias"])
+        return ln(h + ffn(h), g["ln2_scale"], g["ln2_bias"])
+    h = x + attn(ln(x, g["ln1_scale"], g["ln1_bias"]))
+    return h + ffn(ln(h, g["ln2_scale"], g["ln2_bias"]))
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_block_matches_the_layer_written_out(norm):
+    """model.norm: both LayerNorm placements equal an independent numpy layer (random LN scales and biases, so
+    swapping LN1/LN2 or normalising the wrong sum fails); a pre-LN stack ends with its final LayerNorm."""
+    from m4mjax.layers import Block, Stack
+
+    blk = Block(16, 2, 32, dropout=0.0, eps=1e-6, norm=norm, rngs=nnx.Rngs(3))
+    rng = np.random.default_rng(0)
+    for name in ("ln1_scale", "ln1_bias", "ln2_scale", "ln2_bias"):
+        getattr(blk, name)[...] = jnp.asarray(rng.normal(1.0 if "scale" in name else 0.0, 0.5, 16), jnp.float32)
+    x = rng.normal(0, 2, (1, 5, 16))
+    half = jnp.zeros((1, 5, 1, 4))
+    y, _ = blk(jnp.asarray(x, jnp.float32), half, half + 1, None)
+    np.testing.assert_allclose(np.asarray(y[0]), _np_block(blk, x[0], norm), atol=2e-4, rtol=1e-4)
+    stack = Stack(1, 16, 2, 32, dropout=0.0, eps=1e-6, norm=norm, rngs=nnx.Rngs(3))
+    out, hiddens, _ = stack(jnp.asarray(x, jnp.float32), jnp.zeros((1, 5), jnp.int32), None)
+    assert hasattr(stack, "final_ln_scale") == (norm == "pre")
+    if norm == "pre":  # unit variance per vector after the final LayerNorm (scale 1, bias 0 at init)
+        np.testing.assert_allclose(np.asarray(out).std(-1), 1.0, atol=1e-3)
+    with pytest.raises(ValueError, match="model.norm"):
+        Block(16, 2, 32, norm="sandwich", rngs=nnx.Rngs(0))
+
+
+def test_pre_norm_model_caches_match_full():
+    """A pre-LN model: the global KV cache gives the full forward's outputs."""
+    m = M4MTransformer(tiny_cfg(norm="pre"), rngs=nnx.Rngs(1))
+    h = jax.random.normal(jax.random.key(0), (2, 6, 32))
+    full, _, _ = nnx.jit(lambda m, h: m.global_decode(h))(m, h)
+    cache = m.init_global_cache(2, 8)
+    out1, _, cache = m.global_decode(h[:, :2], cache=cache, cache_index=0)
+    steps = [out1]
+    for t in range(2, 6):
+        o, _, cache = jglobal(m, h[:, t:t + 1], cache, t)
+        steps.append(o)
+    np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=ATOL)

@@ -4,8 +4,6 @@ OneCycleLR (learning rate and beta1, stepped as the official training_step does)
 the same update as one batch."""
 from __future__ import annotations
 
-import importlib.util
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,15 +11,13 @@ import optax
 import pytest
 import torch
 
+from experiments.sweep import load_experiment
 from m4mjax import tokenizer as tok
 from m4mjax.run.onecycle import torch_adamw_onecycle, torch_onecycle
 
 
 def _lm_pretrain():
-    spec = importlib.util.spec_from_file_location("_lm_pretrain", "experiments/m4m/lm_pretrain.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_experiment("experiments/m4m/lm_pretrain.py")
 
 
 def _get(cfg, key):
