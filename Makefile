@@ -45,7 +45,7 @@ demo: data
 
 # --- tests ------------------------------------------------------------------------------------
 test: .venv/.installed
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 test-slow: .venv/.installed
 	$(PY) -m pytest -q -m slow

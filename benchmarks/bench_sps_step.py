@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import time
+from steptimer import time_steps
 
 
 def main() -> None:
@@ -33,21 +32,14 @@ def main() -> None:
     for n in [int(s) for s in args.seeds.split(",")]:
         state = init_state(cfg, n, jax.random.key(0))
         step = make_train_step(cfg)
-        t0 = time.perf_counter()
-        state, m = step(state, data, 0, jax.random.key(0))
-        jax.block_until_ready(m)
-        compile_s = time.perf_counter() - t0
-        t0, c0 = time.perf_counter(), time.process_time()
-        for i in range(1, args.steps + 1):
-            state, m = step(state, data, i, jax.random.key(i))
-        jax.block_until_ready(m)
-        dt, cpu = (time.perf_counter() - t0) / args.steps, (time.process_time() - c0) / args.steps
-        print(json.dumps(dict(impl="jax", conv_impl=args.conv_impl, seeds=n, s_per_step=round(dt, 4),
-                              s_per_seed_step=round(dt / n, 4), seed_steps_per_s=round(n / dt, 3),
-                              cpu_s_per_step=round(cpu, 4),
-                              first_step_s=round(compile_s, 2), loss0=float(m["loss"][0]),
-                              loadavg=os.getloadavg()[0], backend=jax.default_backend())), flush=True)
 
+        def one(i, carry):
+            return step(carry[0], data, i, jax.random.key(i))
+
+        t, (state, m) = time_steps(one, args.steps, (state, None), jax.block_until_ready)
+        print(json.dumps(dict(impl="jax", conv_impl=args.conv_impl, seeds=n, s_per_seed_step=round(t["s_per_step"] / n, 4),
+                              seed_steps_per_s=round(n / t["s_per_step"], 3), loss0=float(m["loss"][0]),
+                              backend=jax.default_backend(), **t)), flush=True)
 
 if __name__ == "__main__":
     main()

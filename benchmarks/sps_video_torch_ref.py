@@ -14,8 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import time
+from steptimer import time_steps
 
 import torch
 import torch.nn.functional as F
@@ -115,15 +114,8 @@ def main() -> None:
         opt.step()
         return loss.item()
 
-    step(0)
-    t0, c0 = time.perf_counter(), time.process_time()
-    for i in range(1, args.steps + 1):
-        loss = step(i)
-    dt, cpu = (time.perf_counter() - t0) / args.steps, (time.process_time() - c0) / args.steps
-    print(json.dumps(dict(impl="torch", tiny=args.tiny, device=args.device, threads=torch.get_num_threads(), seeds=1,
-                          s_per_step=round(dt, 4), steps_per_s=round(1 / dt, 3), cpu_s_per_step=round(cpu, 4),
-                          loss=loss, loadavg=os.getloadavg()[0])), flush=True)
-
+    t, loss = time_steps(lambda i, _: step(i), args.steps)
+    print(json.dumps(dict(impl="torch", tiny=args.tiny, device=args.device, threads=torch.get_num_threads(), seeds=1, loss=loss, **t)), flush=True)
 
 if __name__ == "__main__":
     main()
