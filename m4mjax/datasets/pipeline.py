@@ -9,8 +9,8 @@ Config fields (ml_collections ``cfg.data``): name ('m4m_default/demo' | 'm4m_def
 output folder | 'prepared'), dir (TFDS data_dir, or the prepare output for 'prepared'), frames, batch_size (global;
 split over processes), max_frame_tokens, pitch_shift ((lo, hi) semitones for training; (0, 0) = off; a chord track
 moves by pitch class inside its registers), drop_short (drop songs shorter than a window, as the paper; else pad),
-reference / target (optional stream selectors: 'all', 'music', 'labels', 'drums', 'others', 'track:K', 'notrack:K'
--> extra 'reference' and 'target' windows for the two-stream tasks), num_threads, duplicates (how the corpus
+reference / target (optional stream selectors: 'all', 'music', 'labels', 'drums', 'others', 'music_drums',
+'music_others', 'track:K', 'notrack:K' -> extra 'reference' and 'target' windows for the two-stream tasks), num_threads, duplicates (how the corpus
 stores exact duplicate notes, 'longest' | 'keep': a prepared folder that records another value is an error).
 """
 from __future__ import annotations
@@ -31,9 +31,12 @@ LABEL_TRACKS = 250  # tracks >= this hold labels written as music (m4mjax.labels
 
 def select_stream(notes: np.ndarray, selector: str) -> np.ndarray:
     """Notes of one stream: 'all', 'music' (tracks < 250), 'labels' (chord + beat tracks, >= 250), 'drums',
-    'others', 'track:K' or 'notrack:K'."""
+    'others', 'music_drums' / 'music_others' (the same, label tracks left out: the beat track is drums and the
+    chord track is not), 'track:K' or 'notrack:K'."""
     if selector in ("", "all"):
         return notes
+    if selector in ("music_drums", "music_others"):
+        return select_stream(select_stream(notes, "music"), selector.split("_", 1)[1])
     if selector in ("music", "labels"):
         music = notes[:, tok.TRACK] < LABEL_TRACKS
         return notes[music if selector == "music" else ~music]
