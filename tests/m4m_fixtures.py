@@ -51,11 +51,12 @@ def prepared_dir(tmp_path_factory) -> pathlib.Path:
     return out
 
 
-def tiny_config(prepared: pathlib.Path, experiment: str = "lm_pretrain", **overrides):
-    """experiments/m4m/<experiment>.py:tiny on the dataset folder ``prepared``, with dotted-key overrides."""
+def tiny_config(prepared: pathlib.Path, experiment: str = "lm_pretrain", arg: str = "tiny", **overrides):
+    """experiments/m4m/<experiment>.py:<arg> (default tiny) on the dataset folder ``prepared``, with dotted-key
+    overrides."""
     from experiments.sweep import load_experiment
 
-    cfg = load_experiment(str(REPO / f"experiments/m4m/{experiment}.py")).get_config("tiny")
+    cfg = load_experiment(str(REPO / f"experiments/m4m/{experiment}.py")).get_config(arg)
     cfg.data.name, cfg.data.dir = "prepared", str(prepared)
     for k, v in overrides.items():
         node = cfg

@@ -11,7 +11,7 @@ import pytest
 import symusic
 from flax import nnx
 
-from m4m_fixtures import REPO
+from m4m_fixtures import REPO, tiny_config
 from smf import read_smf
 from m4mjax import gen_metrics as gm
 from m4mjax import generate, labels, tasks
@@ -48,17 +48,7 @@ def data_dir(tmp_path_factory) -> pathlib.Path:
 
 
 def _config(task: str, data_dir, **overrides):
-    from experiments.sweep import load_experiment
-
-    cfg = load_experiment(str(REPO / "experiments/m4m/generation.py")).get_config(f"{task},tiny")
-    cfg.data.name, cfg.data.dir = "prepared", str(data_dir)
-    for k, v in overrides.items():
-        node = cfg
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
-    return cfg
+    return tiny_config(data_dir, "generation", f"{task},tiny", **overrides)
 
 
 @pytest.fixture(scope="module")
