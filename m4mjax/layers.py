@@ -110,6 +110,18 @@ def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
     return jnp.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], axis=-1).reshape(x.shape)
 
 
+def _one_query_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, head_dim: int,
+                         dt) -> jax.Array:
+    """Attention of one new position (q [N,1,H,D]) over a KV cache (k, v [N,S,H,D]) -> [N,1,H,D], written as
+    broadcast multiply + reduce: the same numbers as the batched-dot einsums, which XLA's CPU backend runs
+    as N*H tiny GEMMs (4x slower at 16 rows x 129 cached frames). Used by cached sampling steps."""
+    s = (q.astype(jnp.float32) * k.astype(jnp.float32)).sum(-1) / np.sqrt(head_dim)  # [N,S,H]
+    if mask is not None:  # mask [N|1, 1, S]
+        s = jnp.where(mask[:, 0, :, None], s, NEG_INF)
+    probs = jax.nn.softmax(s, axis=1).astype(dt)
+    return (probs[..., None] * v).sum(1, keepdims=True)
+
+
 class Block(nnx.Module):
     """One RoFormer layer. Post-LN (official): h = LN1(x + Drop(Attn(x)) [+ cross]); y = LN2(h + Drop(FFN(h))).
     Pre-LN (``norm='pre'``): h = x + Drop(Attn(LN1(x))) [+ cross]; y = h + Drop(FFN(LN2(h))) (the stack ends
@@ -147,31 +159,46 @@ class Block(nnx.Module):
 
     def __call__(self, x: jax.Array, sin: jax.Array, cos: jax.Array, mask: jax.Array | None, *,
                  layer_index: int = 0, cross: Cross | None = None, cache: KV | None = None,
-                 cache_index: jax.Array | int = 0, key: jax.Array | None = None) -> tuple[jax.Array, KV | None]:
-        """x [N,T,E]; mask bool broadcastable to [N,T,S] (True = attend) or None; returns (y, new cache)."""
+                 cache_index: jax.Array | int = 0, key: jax.Array | None = None,
+                 queries: int | None = None) -> tuple[jax.Array, KV | None]:
+        """x [N,T,E]; mask bool broadcastable to [N,T,S] (True = attend) or None; returns (y, new cache).
+        ``queries=n``: outputs for the first n positions only (every position still gives keys/values):
+        the same numbers as ``y[:, :n]`` without the other positions' queries, attention rows and FFN."""
         dt = self.dtype
         xc = x.astype(dt)
         xa = layer_norm(xc, self.ln1_scale[...], self.ln1_bias[...], self.eps) if self.pre_norm else xc
-        qkv = jnp.einsum("nte,ejhd->ntjhd", xa, self.qkv[...].astype(dt)) + self.qkv_b[...].astype(dt)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        w, wb = self.qkv[...].astype(dt), self.qkv_b[...].astype(dt)
+        if queries is None:
+            qkv = jnp.einsum("nte,ejhd->ntjhd", xa, w) + wb
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        else:
+            if cache is not None or cross is not None:
+                raise ValueError("Block: queries= works without a cache or a cross hook")
+            q = jnp.einsum("nte,ehd->nthd", xa[:, :queries], w[:, 0]) + wb[0]
+            kv = jnp.einsum("nte,ejhd->ntjhd", xa, w[:, 1:]) + wb[1:]
+            k, v = kv[:, :, 0], kv[:, :, 1]
+            xc, mask = xc[:, :queries], (None if mask is None else mask[:, :queries])
         if self.lora_rank:
             xl = dropout(xa, self.lora_rate, fold(key, 0))
             a, b = self.lora_a[...].astype(dt), self.lora_b[...].astype(dt)
             low = jnp.einsum("nte,jer->jntr", xl, a)
-            q = q + jnp.einsum("ntr,rhd->nthd", low[0], b[0]) * self.lora_scale
+            q = q + jnp.einsum("ntr,rhd->nthd", low[0, :, :q.shape[1]], b[0]) * self.lora_scale
             v = v + jnp.einsum("ntr,rhd->nthd", low[1], b[1]) * self.lora_scale
-        q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
+        q, k = apply_rope(q, sin[:, :q.shape[1]], cos[:, :q.shape[1]]), apply_rope(k, sin, cos)
         new_cache = None
         if cache is not None:
             k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, axis=1)
             new_cache = (k, v)
             k, v = k.astype(dt), v.astype(dt)
-        s = jnp.einsum("nthd,nshd->nhts", q, k, preferred_element_type=jnp.float32) / np.sqrt(self.head_dim)
-        if mask is not None:
-            s = jnp.where(mask[:, None], s, NEG_INF)
-        probs = dropout(jax.nn.softmax(s, axis=-1), self.rate, fold(key, 1)).astype(dt)
-        ctx = jnp.einsum("nhts,nshd->nthd", probs, v)
+        if cache is not None and q.shape[1] == 1 and key is None:
+            ctx = _one_query_attention(q, k, v, mask, self.head_dim, dt)
+        else:
+            s = jnp.einsum("nthd,nshd->nhts", q, k, preferred_element_type=jnp.float32) / np.sqrt(self.head_dim)
+            if mask is not None:
+                s = jnp.where(mask[:, None], s, NEG_INF)
+            probs = dropout(jax.nn.softmax(s, axis=-1), self.rate, fold(key, 1)).astype(dt)
+            ctx = jnp.einsum("nhts,nshd->nthd", probs, v)
         att = jnp.einsum("nthd,hde->nte", ctx, self.o[...].astype(dt)) + self.o_b[...].astype(dt)
         att = dropout(att, self.rate, fold(key, 2))
         if cross is not None:  # FA_cross: gated adapter output joins the self-attention output pre-LN
@@ -237,8 +264,10 @@ class Stack(nnx.Module):
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None, *,
                  rope_extra: jax.Array | None = None, cross: Cross | None = None,
                  cache: list[KV] | None = None, cache_index: jax.Array | int = 0,
-                 key: jax.Array | None = None) -> tuple[jax.Array, list[jax.Array], list[KV] | None]:
-        """Run all layers; returns (output, every layer's input hidden state, new caches or None)."""
+                 key: jax.Array | None = None, last_queries: int | None = None
+                 ) -> tuple[jax.Array, list[jax.Array], list[KV] | None]:
+        """Run all layers; returns (output, every layer's input hidden state, new caches or None).
+        ``last_queries=n``: the last layer computes (and the output holds) the first n positions only."""
         self.check_positions(positions, cache)
         sin, cos = rope(positions, self.table(), rope_extra)
         hiddens, new_caches = [], []
@@ -248,9 +277,11 @@ class Stack(nnx.Module):
 
             # ``i`` is closed over, not a default argument: remat traces defaults, and the cross hook needs
             # a Python int layer index (run is called right away, so the loop variable is the current one).
+            nq = last_queries if i == len(self.blocks) - 1 else None
+
             def run(blk, x, sin, cos, c, cache_index, key):
                 return blk(x, sin, cos, mask, layer_index=i, cross=cross, cache=c, cache_index=cache_index,  # noqa: B023
-                           key=key)
+                           key=key, queries=nq)  # noqa: B023
 
             if self.remat:
                 run = nnx.remat(run)

@@ -106,7 +106,7 @@ class M4MTransformer(nnx.Module):
         emb = constrain(emb, "batch", "seq", "embed")
         mask = (x != self.cfg.pad_id)[:, None, :] if self.cfg.local_pad_mask else None
         pos = jnp.broadcast_to(jnp.arange(L + 1), (B * F, L + 1))
-        h, _, _ = self.local_encoder(emb, pos, mask, key=key)
+        h, _, _ = self.local_encoder(emb, pos, mask, key=key, last_queries=1)  # only the SOS output is used
         E = self.cfg.width
         return h[:, 0].reshape(B, F, E), emb[:, :-1].reshape(B, F, L, E)
 

@@ -306,3 +306,36 @@ def test_pre_norm_model_caches_match_full():
         o, _, cache = jglobal(m, h[:, t:t + 1], cache, t)
         steps.append(o)
     np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=ATOL)
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_last_layer_queries_equal_the_full_stack(norm):
+    """Stack(last_queries=n) (what local_encode uses: only the SOS output becomes the frame vector) gives the
+    full stack's first n outputs: the last layer's keys/values still come from every position (a key built
+    from the query rows only, a mask or rotary table not sliced, or LoRA on the wrong rows would differ)."""
+    from m4mjax.layers import Stack
+
+    rng = np.random.default_rng(4)
+    stack = Stack(2, 16, 2, 32, dropout=0.0, eps=1e-6, norm=norm, lora_rank=4, lora_alpha=8.0, rngs=nnx.Rngs(5))
+    for blk in stack.blocks:  # LoRA nonzero on query and value
+        blk.lora_b[...] = jnp.asarray(rng.normal(0, 0.3, blk.lora_b.shape), jnp.float32)
+    x = jnp.asarray(rng.normal(0, 1, (3, 7, 16)), jnp.float32)
+    pos = jnp.broadcast_to(jnp.arange(7), (3, 7))
+    mask = jnp.asarray(rng.random((3, 1, 7)) < 0.7).at[:, :, 0].set(True)  # a PAD-style key mask
+    for m in (mask, causal_mask(7)):
+        full, hid_full, _ = stack(x, pos, m)
+        for n in (1, 3):
+            part, hid, _ = stack(x, pos, m, last_queries=n)
+            assert part.shape == (3, n, 16)
+            np.testing.assert_allclose(part, full[:, :n], atol=1e-5)
+            np.testing.assert_allclose(hid[-1], hid_full[-1], atol=1e-6)  # the last layer's input is untouched
+    # the model's frame vectors are the full local encoder's first position
+    mdl = M4MTransformer(tiny_cfg(norm=norm, local_layers=2, local_pad_mask=True), rngs=nnx.Rngs(2))
+    tk = tokens(3, cfg=mdl.cfg)
+    frames, _ = mdl.local_encode(tk)
+    B, F, L = tk.shape
+    ids = jnp.concatenate([jnp.full((B * F, 1), mdl.cfg.sos_id), tk.reshape(B * F, L)], 1)
+    emb = jnp.take(mdl.embed[...], ids, axis=0)
+    h, _, _ = mdl.local_encoder(emb, jnp.broadcast_to(jnp.arange(L + 1), (B * F, L + 1)),
+                                (ids != mdl.cfg.pad_id)[:, None, :])
+    np.testing.assert_allclose(frames, h[:, 0].reshape(B, F, -1), atol=1e-5)

@@ -89,6 +89,55 @@ def test_top_p_keeps_only_the_nucleus():
     assert int(greedy[0]) == 0
 
 
+def _nucleus_by_sorting(p: np.ndarray, top_p: float) -> set[int]:
+    """Independent reference: sort descending, keep the shortest prefix whose mass reaches top_p (+ ties)."""
+    order = np.argsort(-p, kind="stable")
+    n = int(np.searchsorted(np.cumsum(p[order]), top_p) + 1)
+    return set(np.flatnonzero(p >= p[order][n - 1] - 1e-9).tolist())
+
+
+@pytest.mark.parametrize("spread", [4.0, 0.05])  # peaked row (top-64 fast path) / flat row (bisection fallback)
+def test_sampled_frequencies_follow_the_renormalised_nucleus(spread):
+    rng = np.random.default_rng(0)
+    V, top_p, n = 300, 0.9, 6000
+    logits = (rng.normal(size=V) * spread).astype(np.float32)
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    kept = _nucleus_by_sorting(p, top_p)
+    assert (len(kept) > 64) == (spread < 1)  # the flat row really needs the fallback
+    draws = np.asarray(jax.vmap(lambda k: sample_logits(jnp.asarray(logits)[None], k, jnp.float32(1.0),
+                                                        jnp.float32(top_p)))(jax.random.split(jax.random.key(1), n)))
+    assert set(np.unique(draws)) <= kept
+    want = np.zeros(V)
+    want[list(kept)] = p[list(kept)] / p[list(kept)].sum()
+    got = np.bincount(draws.ravel(), minlength=V) / n
+    assert 0.5 * np.abs(got - want).sum() < (0.06 if spread > 1 else 0.2)  # total variation (flat: 270 cells)
+    if spread < 1:  # the draws reach beyond the 64 most likely tokens
+        assert len(set(np.unique(draws)) - set(np.argsort(-p)[:64].tolist())) > 50
+    # temperature 2 flattens the same row: the top token's share drops toward its tempered probability
+    hot = np.asarray(jax.vmap(lambda k: sample_logits(jnp.asarray(logits)[None], k, jnp.float32(2.0),
+                                                      jnp.float32(1.0)))(jax.random.split(jax.random.key(2), n)))
+    q = np.exp(logits / 2 - (logits / 2).max())
+    q /= q.sum()
+    assert abs((hot == p.argmax()).mean() - q.max()) < 4 * np.sqrt(q.max() * (1 - q.max()) / n) + 1e-3
+
+
+def test_inverse_cdf_never_returns_a_zero_weight_token():
+    from m4mjax.sample import _inverse_cdf
+
+    w = np.zeros((3, 3331), np.float32)  # like banned SOS/PAD at the end of the vocabulary
+    w[0, [5, 700, 3300]] = [0.2, 0.3, 0.5]
+    w[1, :3328] = 1.0
+    w[2, 64] = 1.0  # one token, first of its block
+    for u in (0.0, 0.2 - 1e-7, 0.2, 0.5, 1.0 - 1e-7, np.nextafter(np.float32(1), np.float32(0))):
+        got = np.asarray(_inverse_cdf(jnp.asarray(w), jnp.full((3,), u, jnp.float32)))
+        assert (w[np.arange(3), got] > 0).all(), (u, got)
+    want0 = [5, 5, 700, 700, 3300, 3300]  # the CDF written out: [0, .2) -> 5, [.2, .5) -> 700, [.5, 1) -> 3300
+    got0 = [int(_inverse_cdf(jnp.asarray(w[:1]), jnp.full((1,), u, jnp.float32))[0])
+            for u in (0.0, 0.19, 0.21, 0.49, 0.51, 0.999)]
+    assert got0 == want0
+
+
 # ------------------------------------------------------------------------------------ the written MIDI file
 # Hand-written from the official DURATION_TEMPLATES (16th-note frames per duration class).
 CLASS_FRAMES = {0: 1, 3: 4, 7: 16, 19: 1024}
