@@ -109,17 +109,18 @@ def read_reference(path: str, selector: str) -> tuple[np.ndarray, int, symusic.S
 
 # ------------------------------------------------------------------------------------------- sampling
 def _sample(model, reference: np.ndarray, prompt: np.ndarray | None, n_frames: int, rng: jax.Array,
-            temperature: float, top_p: float) -> np.ndarray:
+            temperature: float, top_p: float, scale: float | None = None) -> np.ndarray:
     """Target tokens [B, F0 + n_frames, L] for reference [B, F, L] after prompt [B, F0, L] (the one model call)."""
     from m4mjax import linked
 
     return np.asarray(linked.generate(model, reference, rng, n_frames=n_frames, prompt=prompt,
-                                      temperature=temperature, top_p=top_p))
+                                      temperature=temperature, top_p=top_p, scale=scale))
 
 
 def generate_song(model, ref: np.ndarray, n_frames: int, frames: int, *, context: int, num_samples: int,
-                  temperature: float, top_p: float, rng: jax.Array) -> np.ndarray:
-    """Target tokens [num_samples, n_frames, L] for one song's reference notes, window by window (stitched)."""
+                  temperature: float, top_p: float, rng: jax.Array, scale: float | None = None) -> np.ndarray:
+    """Target tokens [num_samples, n_frames, L] for one song's reference notes, window by window (stitched);
+    ``scale`` multiplies FA_cross adapter outputs (None: the run's ``link.adapter_scale``)."""
     if not 0 <= context < frames:
         raise cli.UserError(f"must be in [0, {frames}) (the run's window is {frames} frames)", f"--context={context}")
     L = int(model.cfg.max_frame_tokens)
@@ -131,7 +132,7 @@ def generate_song(model, ref: np.ndarray, n_frames: int, frames: int, *, context
         reference = np.broadcast_to(window, (num_samples, frames, L))
         f0 = min(context, known - st) if r else 0  # frames of this window already sampled (prompt)
         prompt = out[:, st:st + f0] if f0 else None
-        gen = _sample(model, reference, prompt, frames - f0, jax.random.fold_in(rng, r), temperature, top_p)
+        gen = _sample(model, reference, prompt, frames - f0, jax.random.fold_in(rng, r), temperature, top_p, scale)
         out[:, st + f0:st + frames] = gen[:, f0:frames]
         known = st + frames
     return out[:, :n_frames]
@@ -175,7 +176,7 @@ def write_song(stem: str, score: symusic.Score, tracks: list[int], target: np.nd
 
 def generate_files(workdir: str, task: str, paths: Sequence[str], out: str, *, num_samples: int = 1,
                    temperature: float | None = None, top_p: float | None = None, context: int | None = None,
-                   seed: int = 0) -> tuple[list[str], list[tuple[str, str]]]:
+                   seed: int = 0, scale: float | None = None) -> tuple[list[str], list[tuple[str, str]]]:
     """Generate for MIDI files into ``out``; returns (files written, [(bad file, reason)])."""
     if num_samples < 1:
         raise cli.UserError("must be >= 1", f"--num_samples={num_samples}")
@@ -187,6 +188,9 @@ def generate_files(workdir: str, task: str, paths: Sequence[str], out: str, *, n
     context = int(opts.get("context", frames // 4) if context is None else context)
     if not 0.0 < top_p <= 1.0:
         raise cli.UserError("must be in (0, 1]", f"--top_p={top_p}")
+    if scale is not None and cfg.link.kind != "fa_cross":
+        raise cli.UserError(f"the adapter-output multiplier needs an FA_cross run (this run is {cfg.link.kind})",
+                            f"--scale={scale}")
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
@@ -206,7 +210,7 @@ def generate_files(workdir: str, task: str, paths: Sequence[str], out: str, *, n
             continue
         stems[stem] = p
         gen = generate_song(model, ref, n, frames, context=context, num_samples=num_samples,
-                            temperature=temperature, top_p=top_p, rng=jax.random.fold_in(rng, i))
+                            temperature=temperature, top_p=top_p, rng=jax.random.fold_in(rng, i), scale=scale)
         for k in range(num_samples):
             written += write_song(stem if num_samples == 1 else f"{stem}_{k}", score, tracks, gen[k], n, t)
     return written, bad
@@ -224,11 +228,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--top_p", type=float, default=None, help="nucleus sampling mass (run's default)")
     ap.add_argument("--context", type=int, default=None, help="frames of prompt per window (run's default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scale", type=float, default=None,
+                    help="FA_cross: multiplier on the adapter outputs (official sampler's; run's link.adapter_scale)")
     with cli.report_errors("m4mjax.generate"):
         args = ap.parse_args(argv)
         written, bad = generate_files(args.workdir, args.task, args.midi, args.out, num_samples=args.num_samples,
                                       temperature=args.temperature, top_p=args.top_p, context=args.context,
-                                      seed=args.seed)
+                                      seed=args.seed, scale=args.scale)
         print(f"wrote {len(written)} files for {len(args.midi) - len(bad)} inputs into {args.out}")
         if bad:
             raise cli.UserError(f"{len(bad)} of {len(args.midi)} files could not be used (listed above)",

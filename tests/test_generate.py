@@ -222,6 +222,38 @@ def test_others_to_drums_with_the_real_tiny_model(runs, tmp_path):
     assert smf.tempos == [(0, 500000), (2880, 625000)] and smf.time_signatures == [(0, 3, 4)]
 
 
+def test_scale_reaches_the_sampler_and_needs_fa_cross(runs, tmp_path, monkeypatch, capsys):
+    """--scale is passed to linked.generate (the official sampler's adapter multiplier); on an FA_self run it is
+    a one-line error and nothing is written."""
+    import copy
+
+    from m4mjax import linked
+
+    _write_chords(tmp_path / "song.mid")
+    model, cfg, task = generate.load_run(str(runs["chord_to_melody"]), "chord_to_melody")
+    cross = copy.deepcopy(cfg)
+    cross.link.kind = "fa_cross"  # only the kind check reads it; the sampler is replaced below
+    seen = []
+
+    def fake(model, reference, rng, **kw):
+        seen.append(kw["scale"])
+        return np.full(reference.shape, 3329, np.int32)  # empty frames
+
+    monkeypatch.setattr(generate, "load_run", lambda w, t: (model, cross, task))
+    monkeypatch.setattr(linked, "generate", fake)
+    generate.generate_files("cross_run", "chord_to_melody", [str(tmp_path / "song.mid")], str(tmp_path / "o"),
+                            scale=2.5)
+    assert seen and set(seen) == {2.5}
+    monkeypatch.undo()
+    with pytest.raises(SystemExit) as e:
+        generate.main(["--workdir", str(runs["chord_to_melody"]), "--task=chord_to_melody", "--scale=2",
+                       str(tmp_path / "song.mid"), "--out", str(tmp_path / "out")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--scale=2.0" in err[0] and "FA_cross" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------------------------------------- metrics
 def _notes(rows):
     return np.array(rows, np.int32).reshape(-1, 6)

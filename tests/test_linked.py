@@ -269,6 +269,18 @@ def test_greedy_generate_follows_the_teacher_forced_argmax():
                 assert row[i] == logits[b, f, i].argmax(), (b, f, i)
 
 
+def test_adapter_scale_zero_makes_the_reference_irrelevant():
+    """The sampler's adapter-output multiplier (generate --scale): at 0 the target pass is the LoRA'd LM alone,
+    so two different references give the same greedy frames; at 1 the (random, nonzero) adapters make them differ."""
+    m = linked.LinkedModel(tiny_cfg(layers=4), tiny_link("fa_cross"), rngs=nnx.Rngs(3))
+    randomize(m, AdapterParam, 11, std=1.0)
+    ref_a, ref_b = tokens(1, F1), tokens(7, F1)
+    gen = lambda ref, scale: np.asarray(linked.generate(m, ref, jax.random.key(0), n_frames=4, temperature=0.0,
+                                                        scale=scale))
+    np.testing.assert_array_equal(gen(ref_a, 0.0), gen(ref_b, 0.0))
+    assert (gen(ref_a, 1.0) != gen(ref_b, 1.0)).any()
+
+
 # --- trainable variables, parameter counts ----------------------------------------------------------------
 def _paths(state):
     return {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(state)}
