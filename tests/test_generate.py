@@ -152,7 +152,7 @@ def fake(monkeypatch):
     index, so stitching shows in the output; prompts must equal what was already written."""
     calls = []
 
-    def sample(model, reference, prompt, n_frames, rng, temperature, top_p):
+    def sample(model, reference, prompt, n_frames, rng, temperature, top_p, scale=None):
         B, F, L = reference.shape
         f0 = 0 if prompt is None else prompt.shape[1]
         full = np.full((B, F, L), tok.PAD, np.int32)
