@@ -132,8 +132,7 @@ class Setup:
     def pure_abstract(self) -> dict:
         """params_pure's structure as sharded ShapeDtypeStructs (the restore target of 'params')."""
         t, f = self.abstract[:2]
-        out = nnx.to_pure_dict(t)
-        return merge_pure(nnx.to_pure_dict(f), out) if len(jax.tree.leaves(f)) else out
+        return nnx.to_pure_dict(nnx.merge_state(t, f) if len(jax.tree.leaves(f)) else t)
 
     def split_pure(self, pure: dict):
         """Inverse of params_pure onto the abstract (sharded) states."""

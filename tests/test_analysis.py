@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 
 import jax
 import numpy as np
@@ -124,6 +125,33 @@ def test_training_changes_only_the_link(runs, lm_workdir, analysis_dir, kind):
     assert kind != "fa_self" or any("segment" in k for k in changed), changed
     rows = [json.loads(x) for x in (runs[kind] / "metrics.jsonl").read_text().splitlines()]
     assert np.isfinite([r["train/loss"] for r in rows if "train/loss" in r]).all()
+
+
+def test_a_linked_run_resumes_with_its_link_weights(runs, lm_workdir, analysis_dir, tmp_path, capsys):
+    """A stopped FA run resumes: the restore target holds the link variables as well as the foundation's (it
+    once held only the frozen ones, so every linked checkpoint read as 'unreadable'), restored bit for bit."""
+    from m4mjax import steps, train
+    from m4mjax.run import checkpoint
+    from m4mjax.run import mesh as mesh_lib
+
+    wd = tmp_path / "run"
+    shutil.copytree(runs["fa_self"], wd)
+    cfg = _config(analysis_dir, **{"link.kind": "fa_self", "init_from": str(lm_workdir), "train.steps": 3,
+                                   "train.eval_every": 0})
+    mesh = mesh_lib.make_mesh(cfg.mesh)
+    with mesh_lib.use_mesh(mesh):
+        s = steps.Setup(cfg, mesh)
+        step, items, _ = checkpoint.Checkpointer(str(wd), 1).restore({"params": s.pure_abstract(),
+                                                                      "opt": s.abstract_opt})
+    saved, got = _flat(checkpoint.restore_params(str(runs["fa_self"]))), _flat(items["params"])
+    assert step == 2 and set(got) == set(saved)
+    assert any("lora" in k for k in got) and any("segment" in k for k in got)
+    for k, v in saved.items():
+        np.testing.assert_array_equal(got[k], v, err_msg=k)
+    train.train(cfg, str(wd))
+    assert "resumed from step 2" in capsys.readouterr().err
+    rows = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3]
 
 
 def test_link_train_switch_selects_the_trainable_variables(analysis_dir):
