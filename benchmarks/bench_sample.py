@@ -1,8 +1,9 @@
 """Sampling throughput (frames/s) of the KV-cache sampler for 1 prompt vs a batch of prompts.
 
-    python benchmarks/bench_sample.py [--batches=1,16 --prompt_frames=64 --n_frames=64 --eos_bias=4.0]
+    python benchmarks/bench_sample.py [--shape=small|paper --batches=1,16 --prompt_frames=64 --n_frames=64 --eos_bias=4.0]
 
-Model: the `:small` experiment shape (width 256, 4 global layers, 2 local layers) with fresh weights.
+Model (fresh weights): ``--shape=small`` the `:small` experiment shape (width 256, 4 global layers, 2 local
+layers), ``--shape=paper`` the released foundation model's (spec size 1: width 768, 12 global layers, 3 local).
 An untrained model almost never emits EOS, so every frame would run to L tokens; ``--eos_bias`` adds
 to the EOS logit's bias to give a realistic frame length (the mean tokens per frame is reported).
 Time excludes compilation (one warm-up call per batch size); best of ``--repeats``.
@@ -32,6 +33,7 @@ def small_config():
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", default="small", choices=("small", "paper"))
     p.add_argument("--batches", default="1,16")
     p.add_argument("--prompt_frames", type=int, default=64)
     p.add_argument("--n_frames", type=int, default=64)
@@ -39,7 +41,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--dtype", default="float32")
     args = p.parse_args()
-    cfg = small_config()
+    cfg = small_config() if args.shape == "small" else model_config(1)
     cfg.dtype = args.dtype
     model = M4MTransformer(cfg, rngs=nnx.Rngs(0))
     model.head_b[...] = model.head_b[...].at[cfg.eos_id].add(args.eos_bias)
@@ -64,7 +66,7 @@ def main() -> None:
         new = np.asarray(out[:, args.prompt_frames:])
         tokens_per_frame = float(((new != cfg.pad_id) & (new != cfg.eos_id)).sum() / new[..., 0].size)
         best = min(times)
-        results.append(dict(batch=B, prompt_frames=args.prompt_frames, n_frames=args.n_frames, dtype=args.dtype,
+        results.append(dict(shape=args.shape, batch=B, prompt_frames=args.prompt_frames, n_frames=args.n_frames, dtype=args.dtype,
                             compile_plus_first_s=round(first, 2), best_s=round(best, 3),
                             frames_per_s=round(B * args.n_frames / best, 1),
                             mean_tokens_per_frame=round(tokens_per_frame, 2), load=os.getloadavg()[0]))
