@@ -229,9 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         written, bad = analyze_files(args.workdir, args.midi, args.out, context=args.context,
                                      batch_size=args.batch_size, temperature=args.temperature, seed=args.seed)
         print(f"wrote {len(written)} files for {len(written) // 3} songs into {args.out}")
-        if bad:
-            raise cli.UserError(f"{len(bad)} of {len(args.midi)} files could not be analysed (listed above)",
-                                ", ".join(b for b, _ in bad[:3]) + (" ..." if len(bad) > 3 else ""))
+        cli.raise_if_bad(bad, len(args.midi), "analysed")
 
 
 if __name__ == "__main__":

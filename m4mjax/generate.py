@@ -236,9 +236,7 @@ def main(argv: list[str] | None = None) -> None:
                                       temperature=args.temperature, top_p=args.top_p, context=args.context,
                                       seed=args.seed, scale=args.scale)
         print(f"wrote {len(written)} files for {len(args.midi) - len(bad)} inputs into {args.out}")
-        if bad:
-            raise cli.UserError(f"{len(bad)} of {len(args.midi)} files could not be used (listed above)",
-                                ", ".join(b for b, _ in bad[:3]) + (" ..." if len(bad) > 3 else ""))
+        cli.raise_if_bad(bad, len(args.midi), "used")
 
 
 if __name__ == "__main__":

@@ -151,3 +151,16 @@ def test_library_warnings_quiet_unless_verbose():
         logger.removeHandler(handler)
         cli.quiet_logs()
     assert seen == ["orbax error", "our warning", "tfds verbose"]
+
+
+def test_raise_if_bad_names_the_count_and_the_first_three():
+    from m4mjax.run import cli
+
+    cli.raise_if_bad([], 5, "analysed")  # nothing bad: no error
+    bad = [(f"f{i}.mid", "not a MIDI file") for i in range(4)]
+    with pytest.raises(cli.UserError) as e:
+        cli.raise_if_bad(bad, 9, "analysed")
+    assert str(e.value) == "4 of 9 files could not be analysed (listed above) (f0.mid, f1.mid, f2.mid ...)"
+    with pytest.raises(cli.UserError) as e:
+        cli.raise_if_bad(bad[:1], 1, "used")
+    assert str(e.value) == "1 of 1 files could not be used (listed above) (f0.mid)"

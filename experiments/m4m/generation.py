@@ -18,19 +18,15 @@ A new generation task = an entry in m4mjax/tasks.py + a line in TASK_DATA below.
 import importlib.util
 import os
 
-import ml_collections
-
-from m4mjax import linked
 from m4mjax.run.cli import UserError
 
-_FOUNDATION = {"tiny": "tiny", "small": "base", "paper": "paper"}  # the lm_pretrain.py variant each starts from
 TASK_DATA = {"chord_to_melody": "data/gen_chorales", "melody_to_chord": "data/gen_chorales",
              "drums_to_others": "data/gen_drums", "others_to_drums": "data/gen_drums"}
 
 
-def _lm_pretrain():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lm_pretrain.py")
-    spec = importlib.util.spec_from_file_location("_m4m_lm_pretrain", path)
+def _finetune():
+    spec = importlib.util.spec_from_file_location(
+        "_m4m_finetune", os.path.join(os.path.dirname(os.path.abspath(__file__)), "finetune.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -40,7 +36,7 @@ def parse_arg(arg: str) -> tuple[str, str]:
     """'TASK,VARIANT' (either order, either omitted) -> (task, variant)."""
     task, variant = "chord_to_melody", "small"
     for part in filter(None, (p.strip() for p in str(arg).split(","))):
-        if part in _FOUNDATION:
+        if part in ("tiny", "small", "paper"):
             variant = part
         elif part in TASK_DATA:
             task = part
@@ -52,36 +48,10 @@ def parse_arg(arg: str) -> tuple[str, str]:
 
 def get_config(arg: str = "chord_to_melody,small"):
     task_name, variant = parse_arg(arg)
-    c = _lm_pretrain().get_config(_FOUNDATION[variant])  # model section = the foundation LM's, exactly
-    c.task = task_name
-    c.link = linked.link_config("fa_self")
-    c.link.lora_rank, c.link.lora_alpha = 0, 0.0  # 0 = the kind's official value (64/128 fa_self, 16/32 fa_cross)
-    from m4mjax.tasks import get_task
-
-    task = get_task(task_name)
-    c.data.update(name="prepared", dir=TASK_DATA[task_name], reference=task.reference, target=task.target,
-                  drop_short=False, sampling="length")
-    c.generate = ml_collections.ConfigDict()
-    c.generate.temperature = 1.0        # sampling temperature for m4mjax.generate
-    c.generate.top_p = 0.9              # nucleus sampling
-    c.generate.context = 0              # frames of the previous window's output given as the next one's prompt
-    if variant == "tiny":
-        c.link.update(lora_rank=4, lora_alpha=8.0, adapter_width=16, adapter_heads=4, mask_length=3)
-        c.data.update(frames=16, batch_size=8)
-        c.train.update(steps=2, log_every=1, eval_every=2, eval_batches=1, ckpt_every=2)
-        c.generate.context = 4
-    elif variant == "small":
-        c.init_from = "workdirs/lm_base"
-        c.data.update(frames=64, batch_size=8)  # 4 bars of 4/4 per window
-        c.optim.update(lr=1e-3, warmup_frac=0.05)
-        c.train.update(steps=200, log_every=10, eval_every=100, eval_batches=8, ckpt_every=50)
-        c.generate.context = 16
-    else:  # paper: official fine-tuning (spec §4c)
-        c.data.update(frames=384, batch_size=8)
-        c.optim.update(lr=1e-4)
-        c.train.update(steps=60_000, eval_every=500, eval_batches=25, ckpt_every=1000)
-        c.generate.context = 64
-    return c
+    # generate settings: sampling temperature and nucleus top-p; context = frames of the previous window's output
+    # given as the next one's prompt (set per variant). small: 200 steps.
+    return _finetune().config(variant, task_name, TASK_DATA[task_name], "generate", small_steps=200,
+                              small_ckpt_every=50, temperature=1.0, top_p=0.9, context=0)
 
 
 ENTRY = "m4mjax.train"

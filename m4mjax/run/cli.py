@@ -68,6 +68,14 @@ def report_errors(command: str) -> Iterator[None]:
         sys.exit(2)
 
 
+def raise_if_bad(bad: list[tuple[str, str]], total: int, what: str) -> None:
+    """End of a per-file command whose bad inputs ``[(path, reason)]`` were already reported one per line: fail
+    with one line, ``N of TOTAL files could not be WHAT``, naming the first three."""
+    if bad:
+        raise UserError(f"{len(bad)} of {total} files could not be {what} (listed above)",
+                        ", ".join(b for b, _ in bad[:3]) + (" ..." if len(bad) > 3 else ""))
+
+
 class _LibraryNoise(py_logging.Filter):
     """Drops library records below ERROR: TFDS and orbax log through absl's logger, so only the source
     file tells their "Using custom data configuration" / "Variant folder ..." warnings from ours."""

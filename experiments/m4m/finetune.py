@@ -1,0 +1,56 @@
+"""What every function-alignment experiment (analysis.py, generation.py) shares: the foundation LM's config
+(lm_pretrain.py's variant of the same size), a link, the task's data selectors, and the tiny / small / paper
+fine-tuning budgets (spec §4c for paper). Not an experiment itself (no get_config); loaded by file path, as the
+experiments are."""
+import importlib.util
+import os
+
+import ml_collections
+
+FOUNDATION = {"tiny": "tiny", "small": "base", "paper": "paper"}  # the lm_pretrain.py variant each starts from
+
+
+def load_sibling(name: str):
+    """experiments/m4m/<name>.py as a module (experiment files are loaded by path, not as a package)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_m4m_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def config(variant: str, task_name: str, data_dir: str, section: str, *, small_steps: int,
+           small_ckpt_every: int, **section_defaults) -> ml_collections.ConfigDict:
+    """The foundation's config (model section exactly) + task ``task_name`` on ``data_dir`` + an FA_self link
+    + the ``section`` ConfigDict (the task command's decoding settings: ``section_defaults`` and a ``context``
+    of 4 / 16 / 64 frames for tiny / small / paper) + the variant's budget."""
+    from m4mjax import linked
+    from m4mjax.tasks import get_task
+
+    c = load_sibling("lm_pretrain").get_config(FOUNDATION[variant])
+    c.task = task_name
+    c.link = linked.link_config("fa_self")
+    c.link.lora_rank, c.link.lora_alpha = 0, 0.0  # 0 = the kind's official value (64/128 fa_self, 16/32 fa_cross)
+    task = get_task(task_name)
+    c.data.update(name="prepared", dir=data_dir, reference=task.reference, target=task.target,
+                  drop_short=False, sampling="length")
+    c[section] = ml_collections.ConfigDict(section_defaults)
+    if variant == "tiny":
+        c.link.update(lora_rank=4, lora_alpha=8.0, adapter_width=16, adapter_heads=4, mask_length=3)
+        c.data.update(frames=16, batch_size=8)
+        c.train.update(steps=2, log_every=1, eval_every=2, eval_batches=1, ckpt_every=2)
+        c[section].context = 4
+    elif variant == "small":
+        c.init_from = "workdirs/lm_base"
+        # 4 bars of 4/4 per window (FA_self reads 2 x 64 frames per row): chords, bars and phrases need little
+        # more, and windows overlap by `context` target frames when a song is processed.
+        c.data.update(frames=64, batch_size=8)
+        c.optim.update(lr=1e-3, warmup_frac=0.05)
+        c.train.update(steps=small_steps, log_every=10, eval_every=100, eval_batches=8, ckpt_every=small_ckpt_every)
+        c[section].context = 16
+    else:  # paper: official fine-tuning (spec §4c)
+        c.data.update(frames=384, batch_size=8)
+        c.optim.update(lr=1e-4)
+        c.train.update(steps=60_000, eval_every=500, eval_batches=25, ckpt_every=1000)
+        c[section].context = 64
+    return c
