@@ -66,7 +66,8 @@ def main() -> None:
         new = np.asarray(out[:, args.prompt_frames:])
         tokens_per_frame = float(((new != cfg.pad_id) & (new != cfg.eos_id)).sum() / new[..., 0].size)
         best = min(times)
-        results.append(dict(shape=args.shape, batch=B, prompt_frames=args.prompt_frames, n_frames=args.n_frames, dtype=args.dtype,
+        results.append(dict(shape=args.shape, batch=B, prompt_frames=args.prompt_frames, n_frames=args.n_frames,
+                            dtype=args.dtype,
                             compile_plus_first_s=round(first, 2), best_s=round(best, 3),
                             frames_per_s=round(B * args.n_frames / best, 1),
                             mean_tokens_per_frame=round(tokens_per_frame, 2), load=os.getloadavg()[0]))
