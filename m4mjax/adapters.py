@@ -38,7 +38,7 @@ def interleaved_sinusoid(index: jax.Array, dim: int) -> jax.Array:
 class CrossAdapter(nnx.Module):
     """Gated low-rank multi-head cross-attention: target hidden states attend a reference's hidden states."""
 
-    def __init__(self, width: int, inner: int = 256, heads: int = 4, *, dropout: float = 0.1,
+    def __init__(self, width: int, inner: int = 256, heads: int = 4, *, dropout: float = 0.1, gate_init: float = 0.0,
                  dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         if inner % heads:
             raise UserError(f"adapter_width {inner} is not divisible by adapter_heads {heads}", "config.link")
@@ -53,7 +53,8 @@ class CrossAdapter(nnx.Module):
         self.pos, self.pos_b = p(u(width), (width, heads, hd), proj), p(u(width), (heads, hd), ("heads", "head_dim"))
         self.o = p(u(inner), (heads, hd, width), ("heads", "head_dim", "embed"))
         self.o_b = p(u(inner), (width,), ("embed",))
-        self.gate = p(nnx.initializers.zeros, (1,), (None,))  # 0 at init: training starts from the plain LM
+        # 0 at init (FA_cross): training starts from the plain LM; 1 for the from-scratch seq2seq decoder
+        self.gate = p(nnx.initializers.constant(gate_init), (1,), (None,))
 
     def _pos(self, index: jax.Array) -> jax.Array:
         """Learned projection of the absolute-frame sinusoid: index [..., T] -> [..., T, H, D]."""

@@ -12,7 +12,16 @@
   the target's layer input (queries) and the reference's input to the same layer (keys/values; no mask, so
   the whole reference is visible) and adds its output to the target's self-attention output before the
   residual LayerNorm (``layers.Block``). Absolute frame indices are ``position * stride`` per stream.
-* Span masking (both): frame embeddings of ``mask_stream`` (out of the local encoder, before the global
+* ``seq2seq`` (the paper's from-scratch baseline, official ``cp_transformer_seq2seq.py``): an encoder-decoder at
+  the official sizes (``link.seq2seq``: width 256, 3 + 3 global layers, 4 heads, FFN 512, local stacks of 2
+  layers), every parameter trained from scratch. The shared local encoder embeds both streams; a bidirectional
+  global encoder (no mask, rotary positions 0..F1-1, no SOS) reads the reference; the causal global decoder is
+  the LM's, with a full-width cross-attention (the FA_cross adapter module with ``adapter_width`` = width,
+  gate initialised to 1) in EVERY layer reading the encoder's OUTPUT. Deviation (a transformers RoFormer decoder
+  has its own cross-attention sublayer after self-attention, queries from that sublayer's output, rotary
+  positions): the cross term joins through the same hook as FA_cross's adapters, with absolute-frame position
+  terms, so both cross-attending models share one sampler.
+* Span masking (all kinds; the seq2seq default is off, as the official forward never masks): frame embeddings of ``mask_stream`` (out of the local encoder, before the global
   SOS shift) are replaced by a learned mask embedding, only when a dropout key is given (training).
 
 The linked model IS an ``M4MTransformer`` (subclass, nothing overridden), so every foundation parameter keeps
@@ -30,32 +39,36 @@ import ml_collections
 from flax import nnx
 
 from m4mjax import adapters as ad
-from m4mjax.layers import AdapterParam, LoRAParam, fold, param
+from m4mjax.layers import AdapterParam, LoRAParam, Stack, fold, param
 from m4mjax.model import M4MTransformer, lm_loss
 from m4mjax.run.cli import UserError
 
-KINDS = ("fa_self", "fa_cross")
+KINDS = ("fa_self", "fa_cross", "seq2seq")
+# seq2seq model sizes (official cp_transformer_seq2seq.py: hidden 256, 3 + 3 layers, 4 heads, FFN 512, local 2 x 4 heads)
+SEQ2SEQ = dict(width=256, layers=3, heads=4, ffn=512, local_layers=2, local_heads=4, local_ffn=512)
 
 
 def link_config(kind: str = "fa_self") -> ml_collections.ConfigDict:
     """The ``link`` section of a function-alignment experiment config (official defaults per kind)."""
     if kind not in KINDS:
         raise UserError(f"link kind must be one of {KINDS}, got {kind!r}", "config.link.kind")
-    rank, alpha = (64, 128.0) if kind == "fa_self" else (16, 32.0)
+    rank, alpha = {"fa_self": (64, 128.0), "fa_cross": (16, 32.0), "seq2seq": (0, 0.0)}[kind]
+    s2s = kind == "seq2seq"
     return ml_collections.ConfigDict(dict(
-        kind=kind,  # 'fa_self' (one concatenated pass) | 'fa_cross' (two passes + cross-attention adapters)
+        kind=kind,  # 'fa_self' (one pass) | 'fa_cross' (two passes + adapters) | 'seq2seq' (from-scratch baseline)
         lora_rank=rank, lora_alpha=alpha,  # LoRA on query/value (official: 64/128 FA_self, 16/32 FA_cross)
         lora_dropout=0.1,  # dropout on the LoRA input
         lora_scope="all",  # 'all' = every query/value incl. local encoder/decoder (official peft match) | 'global'
         change_pe=True,  # fa_self: target positions restart at 0 + segment embedding (False = official ablation)
         adapter_every=2,  # fa_cross: one adapter per this many global layers (at layers 0, n, 2n, ...)
         adapter_width=256, adapter_heads=4, adapter_dropout=0.1,  # fa_cross adapter: inner width, heads, dropout
-        mask_prob=0.25,  # span-masking rate in training (0 = off; the released demo runs used 0)
+        mask_prob=0.0 if s2s else 0.25,  # span-masking rate in training (0 = off; the released demo runs used 0)
         mask_length=10,  # frames per masked span
         mask_stream="target",  # 'target' | 'reference' (the official task word 'lmask')
         adapter_scale=1.0,  # fa_cross: default multiplier on adapter outputs when sampling (guidance-like)
         ref_stride=1, target_stride=1,  # fa_cross: absolute frame index = position * stride (time compression)
-        train="link",  # 'link' = only LoRA/adapter/segment/mask variables train | 'full' = every parameter
+        train="full" if s2s else "link",  # 'link' = only LoRA/adapter/segment/mask variables | 'full' = all
+        seq2seq=dict(SEQ2SEQ),  # seq2seq: the model sizes it uses instead of cfg.model's (encoder = decoder shape)
     ))
 
 
@@ -63,6 +76,8 @@ def _check(link) -> None:
     checks = [("kind", link.kind in KINDS, f"one of {KINDS}"), ("train", link.train in ("link", "full"), "'link' or 'full'"),
               ("mask_stream", link.mask_stream in ("target", "reference"), "'target' or 'reference'"),
               ("mask_prob", 0.0 <= link.mask_prob <= 1.0, "in [0, 1]"), ("adapter_every", link.adapter_every >= 1, ">= 1")]
+    if link.kind == "seq2seq":
+        checks.append(("train", link.train == "full", "'full' for seq2seq (a from-scratch baseline)"))
     for name, ok, want in checks:
         if not ok:
             raise UserError(f"must be {want}, got {link[name]!r}", f"config.link.{name}")
@@ -74,17 +89,25 @@ class LinkedModel(M4MTransformer):
     def __init__(self, model_cfg: ml_collections.ConfigDict, link: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         _check(link)
         mcfg = ml_collections.ConfigDict(model_cfg.to_dict())
+        s2s = link.kind == "seq2seq"
+        if s2s:
+            mcfg.update(dict(link.seq2seq))
         mcfg.update(lora_rank=link.lora_rank, lora_alpha=float(link.lora_alpha), lora_dropout=link.lora_dropout,
                     lora_scope=link.lora_scope, segment_embedding=link.kind == "fa_self" and link.change_pe)
         super().__init__(mcfg, rngs=rngs)
         self.link = ml_collections.FrozenConfigDict(link)
         E, pdt = mcfg.width, jnp.dtype(mcfg.param_dtype)
         self.mask_embed = param(rngs, nnx.initializers.normal(0.1), (E,), ("embed",), pdt, kind=AdapterParam)
-        if link.kind == "fa_cross":
+        if link.kind != "fa_self":
+            every, width, heads = (1, E, mcfg.heads) if s2s else (link.adapter_every, link.adapter_width, link.adapter_heads)
             self.adapters = nnx.List([
-                ad.CrossAdapter(E, link.adapter_width, link.adapter_heads, dropout=link.adapter_dropout,
-                                dtype=self.dtype, param_dtype=pdt, rngs=rngs)
-                for _ in range(mcfg.layers // link.adapter_every)])
+                ad.CrossAdapter(E, width, heads, dropout=link.adapter_dropout if not s2s else mcfg.dropout,
+                                gate_init=1.0 if s2s else 0.0, dtype=self.dtype, param_dtype=pdt, rngs=rngs)
+                for _ in range(mcfg.layers // every)])
+        if s2s:  # the bidirectional reference encoder (same block shape as the decoder)
+            self.encoder = Stack(mcfg.layers, E, mcfg.heads, mcfg.ffn, max_positions=mcfg.max_frames,
+                                 limit="model.max_frames", dropout=mcfg.dropout, eps=mcfg.layer_norm_eps,
+                                 norm=mcfg.get("norm", "post"), dtype=self.dtype, param_dtype=pdt, rngs=rngs)
 
     # --- pieces shared by training and sampling --------------------------------------------------------
     def frame_embeddings(self, tokens: jax.Array, stream: str, key: jax.Array | None = None,
@@ -98,15 +121,25 @@ class LinkedModel(M4MTransformer):
                                    self.mask_embed[...])
         return frames, tok_emb
 
-    def reference_kv(self, ref_hiddens: list[jax.Array]) -> list[ad.KVPair]:
-        """fa_cross: each adapter's keys/values from the reference's input to its layer."""
-        idx = jnp.arange(ref_hiddens[0].shape[1]) * self.link.ref_stride
-        return [a.project_kv(ref_hiddens[i * self.link.adapter_every], idx) for i, a in enumerate(self.adapters)]
+    @property
+    def adapter_every(self) -> int:
+        return 1 if self.link.kind == "seq2seq" else self.link.adapter_every
+
+    def reference_kv(self, fr: jax.Array, key: jax.Array | None = None) -> list[ad.KVPair]:
+        """Each adapter's keys/values from reference frame embeddings fr [B,F1,E]: fa_cross = the LM's causal
+        pass, the input to the adapter's layer; seq2seq = the bidirectional encoder's output, for every layer."""
+        idx = jnp.arange(fr.shape[1]) * self.link.ref_stride
+        if self.link.kind == "seq2seq":
+            pos = jnp.broadcast_to(jnp.arange(fr.shape[1]), fr.shape[:2])
+            enc, _, _ = self.encoder(fr.astype(self.dtype), pos, None, key=key)
+            return [a.project_kv(enc, idx) for a in self.adapters]
+        _, ref_hiddens, _ = self.global_decode(self.global_inputs(fr), key=key)
+        return [a.project_kv(ref_hiddens[i * self.adapter_every], idx) for i, a in enumerate(self.adapters)]
 
     def cross_fn(self, kv: list[ad.KVPair], q_index: jax.Array, scale: jax.Array | float = 1.0,
                  key: jax.Array | None = None):
         """The per-layer ``cross`` hook for the target pass (zero delta on layers without an adapter)."""
-        every = self.link.adapter_every
+        every = self.adapter_every
 
         def cross(i: int, h: jax.Array) -> jax.Array:
             if i % every or i // every >= len(kv):
@@ -138,8 +171,7 @@ class LinkedModel(M4MTransformer):
             g, hiddens, _ = self.global_decode(h, jnp.broadcast_to(pos, (B, F1 + F2)), segment_ids=seg,
                                                key=fold(key, 4))
             return g[:, F1:], tok_emb, [x[:, F1:] for x in hiddens]
-        _, ref_hiddens, _ = self.global_decode(self.global_inputs(fr), key=fold(key, 5))
-        cross = self.cross_fn(self.reference_kv(ref_hiddens), jnp.arange(F2) * self.link.target_stride, scale,
+        cross = self.cross_fn(self.reference_kv(fr, fold(key, 5)), jnp.arange(F2) * self.link.target_stride, scale,
                               fold(key, 6))
         g, hiddens, _ = self.global_decode(self.global_inputs(ft), cross=cross, key=fold(key, 4))
         return g, tok_emb, hiddens
@@ -200,8 +232,7 @@ def encode_reference(model: LinkedModel, reference: jax.Array, n_frames: int, pr
         g, _, cache = model.global_decode(jnp.concatenate([sos, fr, fp], 1), jnp.broadcast_to(pos, (B, F1 + F0 + 1)),
                                           segment_ids=seg, cache=cache, cache_index=0)
         return LinkState(cache, g[:, -1], jnp.int32(F0), jnp.int32(F1), [])
-    _, ref_hiddens, _ = model.global_decode(model.global_inputs(fr))
-    kv = model.reference_kv(ref_hiddens)
+    kv = model.reference_kv(fr)
     cache = model.init_global_cache(B, F0 + n_frames + 1)
     cross = model.cross_fn(kv, jnp.arange(F0 + 1) * model.link.target_stride, scale)
     g, _, cache = model.global_decode(jnp.concatenate([sos, fp], 1), cross=cross, cache=cache, cache_index=0)

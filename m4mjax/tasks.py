@@ -56,7 +56,7 @@ def _lm_loss(model: nnx.Module, batch: dict, key: jax.Array | None) -> tuple[jax
 
 
 # --- function alignment ------------------------------------------------------------------------------
-OFFICIAL_LORA = {"fa_self": (64, 128.0), "fa_cross": (16, 32.0)}  # (rank, alpha) per link kind (spec §4)
+OFFICIAL_LORA = {"fa_self": (64, 128.0), "fa_cross": (16, 32.0), "seq2seq": (0, 0.0)}  # (rank, alpha) per link kind (spec §4)
 
 
 def resolve_link(link: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -66,7 +66,7 @@ def resolve_link(link: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     rank, alpha = OFFICIAL_LORA.get(out.kind, (out.lora_rank, out.lora_alpha))
     if not out.lora_rank:
         out.lora_rank = rank
-    if not out.lora_alpha:
+    if not out.lora_alpha and rank:
         out.lora_alpha = float(alpha) * out.lora_rank / rank  # the official alpha/rank ratio (2)
     return out
 
@@ -76,6 +76,11 @@ def _linked_build(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
 
     if "link" not in cfg:
         return linked.build(cfg, rngs)  # its error names the missing section
+    if cfg.link.kind == "seq2seq" and cfg.get("init_from"):
+        from m4mjax.run.cli import UserError
+
+        raise UserError("seq2seq is the from-scratch baseline: its shapes are not the foundation's "
+                        "(set --config.init_from=)", "config.init_from")
     return linked.LinkedModel(cfg.model, resolve_link(cfg.link), rngs=rngs)
 
 

@@ -170,6 +170,30 @@ def test_link_train_switch_selects_the_trainable_variables(analysis_dir):
         assert (len(frozen) == 0) == want_all
 
 
+def test_every_table_row_builds_with_the_variables_it_trains(analysis_dir):
+    """The sweep rows of analysis.py and generation.py (finetune.ROWS), applied as overrides to :tiny: the FA rows
+    train only link variables, full / scratch / seq2seq train everything; only seq2seq changes the shapes."""
+    from experiments.sweep import load_experiment
+
+    for exp, arg in (("analysis", "tiny"), ("generation", "melody_to_chord,tiny")):
+        mod = load_experiment(str(REPO / f"experiments/m4m/{exp}.py"))
+        rows = mod.get_sweep(arg)
+        assert [r["name"].rsplit("/", 1)[1].rsplit("_", 1)[-1] for r in rows][-1] == "seq2seq"
+        for row in rows:
+            cfg = mod.get_config(arg)
+            for k, v in row.items():
+                if k != "name":
+                    sect, _, key = k.rpartition(".")
+                    (cfg[sect] if sect else cfg)[key] = v
+            task = tasks.get_task(cfg.task)
+            model = nnx.eval_shape(lambda: task.build(cfg, nnx.Rngs(0)))
+            n_train = sum(x.size for x in jax.tree.leaves(nnx.state(model, task.trainable(cfg))))
+            n_all = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+            link_only = row["name"].endswith(("fa_self", "fa_cross"))
+            assert (n_train < n_all / 2) == link_only, row
+            assert hasattr(model, "encoder") == row["name"].endswith("seq2seq"), row
+
+
 def test_resolve_link_follows_the_kind():
     from m4mjax import linked
 

@@ -25,9 +25,13 @@ def tiny_cfg(**kw):
     return cfg
 
 
+TINY_S2S = dict(width=32, layers=2, heads=2, ffn=64, local_layers=1, local_heads=2, local_ffn=32)
+
+
 def tiny_link(kind, **kw):
     lk = linked.link_config(kind)
-    lk.update(lora_rank=4, lora_alpha=8.0, adapter_width=16, adapter_heads=4, mask_length=3)
+    lk.update(lora_rank=0 if kind == "seq2seq" else 4, lora_alpha=8.0, adapter_width=16, adapter_heads=4,
+              mask_length=3, seq2seq=TINY_S2S)
     lk.update(**kw)
     return lk
 
@@ -232,7 +236,7 @@ def test_lora_is_a_delta_on_query_and_value_only():
 
 
 # --- cached decoding ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["fa_self", "fa_cross"])
+@pytest.mark.parametrize("kind", ["fa_self", "fa_cross", "seq2seq"])
 def test_cached_steps_equal_the_full_forward(kind):
     m = linked.LinkedModel(tiny_cfg(layers=4 if kind == "fa_cross" else 2), tiny_link(kind), rngs=nnx.Rngs(1))
     randomize(m, LoRAParam, 8)
@@ -298,6 +302,53 @@ def test_trainable_filter(kind, lm):
     assert ("segment_embed" in train) == (kind == "fa_self") and "mask_embed" in train
     cfg["link"].train = "full"
     assert _paths(nnx.state(m, linked.trainable(cfg))) == train | frozen
+
+
+def test_seq2seq_trains_everything_at_the_official_sizes():
+    """seq2seq (spec 4c, official cp_transformer_seq2seq.py): width 256, 3 + 3 global layers, FFN 512, local stacks
+    of 2, whatever cfg.model says; every parameter trains. Counted by hand: a block is qkv+o 4(E^2+E), two
+    LayerNorms 4E, FFN 2*E*512 + 512 + E; a cross-attention q/k/v/pos/o 5(E^2+E) + gate."""
+    cfg = ml_collections.ConfigDict(dict(model=model_config(1), link=linked.link_config("seq2seq")))
+    abstract = nnx.eval_shape(lambda: linked.build(cfg, nnx.Rngs(0)))
+    E, V = 256, 3331
+    block = 4 * (E * E + E) + 4 * E + 2 * E * 512 + 512 + E
+    cross = 5 * (E * E + E) + 1
+    want = (3 + 3 + 2 + 2) * block + 3 * cross + V * E + E * V + V + E + E  # + embed, head, SOS, mask row
+    assert want == 7_967_238
+    assert sum(int(x.size) for x in jax.tree.leaves(nnx.state(abstract, linked.trainable(cfg)))) == want
+    assert sum(int(x.size) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param))) == want
+    assert abstract.encoder.blocks[0].ff1.shape == (E, 512) and len(abstract.global_decoder.blocks) == 3
+
+
+def test_seq2seq_encoder_is_bidirectional_and_its_cross_attention_is_on_at_init():
+    """The seq2seq encoder sees the whole reference (its first frame's keys depend on the last reference frame;
+    FA_cross's causal reference pass does not), and with gates at 1 the decoder reads it from step 0."""
+    kv = nnx.jit(lambda m, fr: m.reference_kv(fr))
+    fr = jax.random.normal(jax.random.key(0), (B, F1, 32))
+    fr2 = fr.at[:, F1 // 2].add(1.0)  # change one middle reference frame
+    for kind in ("seq2seq", "fa_cross"):
+        m = linked.LinkedModel(tiny_cfg(layers=4, dropout=0.0), tiny_link(kind), rngs=nnx.Rngs(1))
+        randomize(m, AdapterParam, 4)
+        diff = np.abs(np.asarray(kv(m, fr)[-1][0] - kv(m, fr2)[-1][0])).max(axis=(0, 2, 3))  # per key position
+        assert diff[-1] > 1e-4, kind  # the change reaches later keys either way
+        assert (diff[0] > 1e-4) == (kind == "seq2seq"), (kind, diff)  # and earlier ones only bidirectionally
+    m = linked.LinkedModel(tiny_cfg(dropout=0.0), tiny_link("seq2seq"), rngs=nnx.Rngs(2))
+    assert float(m.adapters[0].gate[...][0]) == 1.0
+    tgt = tokens(2, F2)
+    assert np.abs(np.asarray(link_logits(m, tokens(1, F1), tgt) - link_logits(m, tokens(5, F1), tgt))).max() > 1e-3
+
+
+def test_seq2seq_refuses_foundation_weights_and_link_only_training():
+    from m4mjax.run.cli import UserError
+    from m4mjax.tasks import get_task
+
+    cfg = full_cfg(tiny_link("seq2seq"))
+    cfg.init_from = "workdirs/lm_base"
+    with pytest.raises(UserError, match="init_from"):
+        get_task("analysis").build(cfg, nnx.Rngs(0))
+    cfg.init_from, cfg.link.train = "", "link"
+    with pytest.raises(UserError, match="full"):
+        get_task("analysis").build(cfg, nnx.Rngs(0))
 
 
 def test_size1_trainable_counts_match_the_official_models():

@@ -11,6 +11,9 @@ FA_self or FA_cross.
       --workdir=workdirs/analysis_full                            # full fine-tuning
   python -m m4mjax.train --config=experiments/m4m/analysis.py:small --config.link.train=full \\
       --config.init_from= --workdir=workdirs/analysis_scratch     # same architecture from scratch
+  python -m m4mjax.train --config=experiments/m4m/analysis.py:small --config.link.kind=seq2seq \
+      --config.link.train=full --config.link.mask_prob=0 --config.init_from= \
+      --workdir=workdirs/analysis_seq2seq                         # the paper's encoder-decoder baseline
   python -m m4mjax.evaluate --workdir=workdirs/analysis_fa_self   # mir_eval chords + downbeat F -> eval.json
   python -m m4mjax.analysis_eval --baselines --data_dir=data/analysis --out=workdirs/analysis_baselines.json
   python -m m4mjax.analyze --workdir=workdirs/analysis_fa_self song.mid --out=analysed/
@@ -18,7 +21,7 @@ FA_self or FA_cross.
 Variants: tiny (tests, seconds; init_from a lm_pretrain.py:tiny run), small (this CPU: the model section is
 lm_pretrain.py:base's, init_from workdirs/lm_base, 4-bar windows), paper (official size 1, batch 8, lr 1e-4,
 60k steps, 384-frame windows; init_from the converted official foundation model).
-Switches: ``--config.link.kind=fa_self|fa_cross`` (LoRA rank/alpha follow the kind while left at 0),
+Switches: ``--config.link.kind=fa_self|fa_cross|seq2seq`` (LoRA rank/alpha follow the kind while left at 0),
 ``--config.link.train=link|full``; from scratch = ``link.train=full`` with an empty ``init_from``.
 """
 import importlib.util
@@ -51,8 +54,6 @@ SWEEP_VARIANT = "small"
 
 
 def get_sweep(variant: str = "small"):
-    """The RESULTS table's rows: both links, full fine-tuning, and the same architecture from scratch."""
-    return [dict(name=f"analysis_{variant}/fa_self", **{"link.kind": "fa_self"}),
-            dict(name=f"analysis_{variant}/fa_cross", **{"link.kind": "fa_cross"}),
-            dict(name=f"analysis_{variant}/full", **{"link.train": "full"}),
-            dict(name=f"analysis_{variant}/scratch", **{"link.train": "full", "init_from": ""})]
+    """The RESULTS table's rows (finetune.ROWS): both links, full fine-tuning, the same architecture from
+    scratch, the seq2seq baseline."""
+    return [dict(name=f"analysis_{variant}/{row}", **over) for row, over in _finetune().ROWS.items()]

@@ -9,6 +9,14 @@ import ml_collections
 
 FOUNDATION = {"tiny": "tiny", "small": "base", "paper": "paper"}  # the lm_pretrain.py variant each starts from
 
+# The rows every function-alignment table has (sweep overrides): both links, full fine-tuning of the foundation,
+# the same architecture from scratch, and the paper's seq2seq baseline (spec 4c: its own sizes, from scratch).
+ROWS = {"fa_self": {"link.kind": "fa_self"},
+        "fa_cross": {"link.kind": "fa_cross"},
+        "full": {"link.train": "full"},
+        "scratch": {"link.train": "full", "init_from": ""},
+        "seq2seq": {"link.kind": "seq2seq", "link.train": "full", "link.mask_prob": 0.0, "init_from": ""}}
+
 
 def load_sibling(name: str):
     """experiments/m4m/<name>.py as a module (experiment files are loaded by path, not as a package)."""

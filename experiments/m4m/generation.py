@@ -12,7 +12,8 @@ reference/target selectors come from its ``m4mjax.tasks`` entry, so pick the tas
 
 Variants: tiny (tests, seconds; init_from a lm_pretrain.py:tiny run), small (this CPU: lm_pretrain.py:base's
 model, init_from workdirs/lm_base, 4-bar windows), paper (official size 1, batch 8, lr 1e-4, 60k steps, 384
-frames). Switches as analysis.py: ``--config.link.kind=fa_self|fa_cross``, ``--config.link.train=link|full``.
+frames). Switches as analysis.py: ``--config.link.kind=fa_self|fa_cross|seq2seq``, ``--config.link.train=link|full``
+(the seq2seq baseline also needs ``--config.link.train=full --config.link.mask_prob=0 --config.init_from=``).
 A new generation task = an entry in m4mjax/tasks.py + a line in TASK_DATA below.
 """
 import importlib.util
@@ -59,6 +60,7 @@ SWEEP_VARIANT = "small"
 
 
 def get_sweep(arg: str = "small"):
-    """One task (the file argument's) with both links: ``sweep.py experiments/m4m/generation.py:TASK,VARIANT``."""
+    """One task's table rows (finetune.ROWS: both links, full fine-tuning, from scratch, seq2seq):
+    ``sweep.py experiments/m4m/generation.py:TASK,VARIANT``."""
     task, variant = parse_arg(arg)
-    return [dict(name=f"generation_{variant}/{task}_{k}", **{"link.kind": k}) for k in ("fa_self", "fa_cross")]
+    return [dict(name=f"generation_{variant}/{task}_{row}", **over) for row, over in _finetune().ROWS.items()]
