@@ -102,6 +102,8 @@ def linked_task(name: str, reference: str, target: str, evaluate: str = "") -> T
                 reference=reference, target=target, evaluate=evaluate)
 
 
+GEN_EVAL = "m4mjax.gen_eval:evaluate"  # sampled targets vs held-out songs (task metrics, m4mjax.gen_eval)
+
 TASKS: dict[str, Task] = {
     "lm": Task("lm", _lm_build, _lm_loss),
     # MIDI chord & metrical analysis: the music (tracks < 250) -> chord track (250) + beat track (251)
@@ -109,10 +111,10 @@ TASKS: dict[str, Task] = {
     # conditional generation (experiments/m4m/generation.py; data: m4mjax.datasets.generation_data). Melody =
     # track 0, the chord track written as music = track 250 (m4mjax.labels); drums/others = the music's drum /
     # non-drum notes, label tracks (250 chords, 251 beats) never seen.
-    "chord_to_melody": linked_task("chord_to_melody", reference="track:250", target="track:0"),
-    "melody_to_chord": linked_task("melody_to_chord", reference="track:0", target="track:250"),
-    "drums_to_others": linked_task("drums_to_others", reference="music_drums", target="music_others"),
-    "others_to_drums": linked_task("others_to_drums", reference="music_others", target="music_drums"),
+    "chord_to_melody": linked_task("chord_to_melody", reference="track:250", target="track:0", evaluate=GEN_EVAL),
+    "melody_to_chord": linked_task("melody_to_chord", reference="track:0", target="track:250", evaluate=GEN_EVAL),
+    "drums_to_others": linked_task("drums_to_others", reference="music_drums", target="music_others", evaluate=GEN_EVAL),
+    "others_to_drums": linked_task("others_to_drums", reference="music_others", target="music_drums", evaluate=GEN_EVAL),
 }
 
 
