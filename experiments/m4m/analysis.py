@@ -11,8 +11,8 @@ FA_self or FA_cross.
       --workdir=workdirs/analysis_full                            # full fine-tuning
   python -m m4mjax.train --config=experiments/m4m/analysis.py:small --config.link.train=full \\
       --config.init_from= --workdir=workdirs/analysis_scratch     # same architecture from scratch
-  python -m m4mjax.train --config=experiments/m4m/analysis.py:small --config.link.kind=seq2seq \
-      --config.link.train=full --config.link.mask_prob=0 --config.init_from= \
+  python -m m4mjax.train --config=experiments/m4m/analysis.py:small --config.link.kind=seq2seq \\
+      --config.link.train=full --config.link.mask_prob=0 --config.init_from= \\
       --workdir=workdirs/analysis_seq2seq                         # the paper's encoder-decoder baseline
   python -m m4mjax.evaluate --workdir=workdirs/analysis_fa_self   # mir_eval chords + downbeat F -> eval.json
   python -m m4mjax.analysis_eval --baselines --data_dir=data/analysis --out=workdirs/analysis_baselines.json
