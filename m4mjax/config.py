@@ -39,6 +39,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.optim.lr = 1e-4                   # peak learning rate (spec: 1e-4; 5e-5 for size >= 2)
     c.optim.schedule = "onecycle"       # 'onecycle' (optax's) | 'torch_onecycle' (the official torch OneCycleLR
                                         # exactly: its phase ends, beta1 cycled over momentum_range) | 'constant'
+                                        # | 'warmup_constant' (linear warm-up over warmup_frac, then flat: extendable)
     c.optim.momentum_range = (0.85, 0.95)  # torch_onecycle: beta1 from max to min in warm-up and back (b1 unused)
     c.optim.warmup_frac = 0.005         # warm-up as a fraction of train.steps
     c.optim.weight_decay = 0.01         # AdamW decoupled weight decay

@@ -25,12 +25,20 @@ def make_optimizer(oc: ml_collections.ConfigDict, steps: int) -> optax.GradientT
 
         tx = torch_adamw_onecycle(max(steps, 1), oc.lr, max(oc.warmup_frac, 1e-6), weight_decay=oc.weight_decay,
                                   b2=oc.b2, momentum=tuple(oc.get("momentum_range", (0.85, 0.95))))
-    elif oc.schedule in ("onecycle", "constant"):
-        lr = (optax.cosine_onecycle_schedule(max(steps, 1), oc.lr, pct_start=max(oc.warmup_frac, 1e-6))
-              if oc.schedule == "onecycle" else oc.lr)
+    elif oc.schedule in ("onecycle", "constant", "warmup_constant"):
+        if oc.schedule == "onecycle":
+            lr = optax.cosine_onecycle_schedule(max(steps, 1), oc.lr, pct_start=max(oc.warmup_frac, 1e-6))
+        elif oc.schedule == "warmup_constant":  # linear warm-up, then flat: a run can be extended (train.steps
+            # raised on resume) and keeps learning, as the official constant-rate fine-tuning
+            warm = max(int(round(oc.warmup_frac * steps)), 1)
+            lr = optax.join_schedules([optax.linear_schedule(oc.lr / warm, oc.lr, warm - 1),
+                                       optax.constant_schedule(oc.lr)], [warm - 1])
+        else:
+            lr = oc.lr
         tx = optax.adamw(lr, b1=oc.b1, b2=oc.b2, weight_decay=oc.weight_decay)
     else:
-        raise ValueError(f"config.optim.schedule={oc.schedule!r}: expected 'onecycle', 'torch_onecycle' or 'constant'")
+        raise ValueError(f"config.optim.schedule={oc.schedule!r}: expected 'onecycle', 'torch_onecycle', 'constant' "
+                         "or 'warmup_constant'")
     return optax.chain(optax.clip_by_global_norm(oc.grad_clip), tx) if oc.grad_clip > 0 else tx
 
 

@@ -128,3 +128,25 @@ def test_paper_dry_run_fits_16_gib_on_8_devices():
 
     info = train.train(_lm_pretrain().get_config("paper"), "", dry_run=True)
     assert info["mesh"]["fsdp"] == 8 and info["fits"] and info["device_memory_gib"] == 16.0
+
+
+def test_warmup_constant_schedule_ramps_then_stays_flat_so_a_run_can_be_extended():
+    """optim.schedule='warmup_constant': SGD-like check on AdamW's first moments with a constant gradient, where
+    Adam's normalised step is 1 per coordinate, so each update is -lr(t) (weight decay off): 1/4, 2/4, 3/4, then
+    the full rate for every later step, also past train.steps (a resumed, extended run keeps learning)."""
+    import jax.numpy as jnp
+    import ml_collections
+
+    from m4mjax import steps
+
+    oc = ml_collections.ConfigDict(dict(schedule="warmup_constant", lr=1e-3, warmup_frac=0.02, b1=0.9, b2=0.999,
+                                        weight_decay=0.0, grad_clip=0.0))
+    tx = steps.make_optimizer(oc, 200)  # warm-up = 0.02 * 200 = 4 steps
+    params = {"w": jnp.zeros(2)}
+    state = tx.init(params)
+    got = []
+    for _ in range(260):
+        u, state = tx.update({"w": jnp.ones(2)}, state, params)
+        got.append(-float(u["w"][0]))
+    np.testing.assert_allclose(got[:4], [0.25e-3, 0.5e-3, 0.75e-3, 1e-3], rtol=1e-4)
+    np.testing.assert_allclose(got[4:], 1e-3, rtol=1e-4)

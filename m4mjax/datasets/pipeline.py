@@ -53,7 +53,8 @@ def select_stream(notes: np.ndarray, selector: str) -> np.ndarray:
 
 def shift_song(notes: np.ndarray, k: int) -> np.ndarray:
     """Transpose a song by k semitones (drums never move); a chord track's notes move by pitch class inside
-    their register (bass 36-47, tones 48-59, extensions 60-71), so transposed labels keep their layout."""
+    their register (bass 36-47, tones 48-59, extensions 60-71), so transposed labels keep their layout. The
+    result is in storage order (``tok.sort_notes``), as every song record is."""
     out = tok.pitch_shift(notes, k)
     from m4mjax import labels
 
@@ -63,6 +64,9 @@ def shift_song(notes: np.ndarray, k: int) -> np.ndarray:
         low = labels.BASS_LOW + (p - labels.BASS_LOW) // 12 * 12  # the register's lowest pitch
         in_layout = (p >= labels.BASS_LOW) & (p < labels.EXT_LOW + 12)
         out[chord, tok.PITCH] = np.where(in_layout, low + (p - low + k) % 12, p + k)
+        # pitch classes wrap inside a register, so the moved notes leave storage order: sort again, or the
+        # token order of a chord row would depend on the (hidden) shift
+        out = tok.sort_notes(out)
     return out
 
 
