@@ -7,7 +7,7 @@ the same songs with the same scorer (m4mjax.chord_eval).
 Sets (the chord data's labels.json groups): ``synth_test`` = held-out ('test' split) synthetic mma
 arrangements, ``romantext`` = music21's RomanText analyses of Bach chorales and Monteverdi madrigals (all
 held out). Each song's music (tracks < 250) is analysed exactly as ``m4mjax.analyze`` does (windows of the
-run's frames, label prompts across seams, greedy by default); its chord segments and downbeats go to seconds
+run's frames, label prompts across seams, chords decoded scored by default, ``--decode``); its chord segments and downbeats go to seconds
 through the song's own tempo map and are scored against labels.json: mir_eval root, thirds, majmin, mirex,
 sevenths (duration-weighted over the set; an estimated X never counts as correct) and downbeat F-measure
 (+-70 ms, pooled). Baselines: the 24-triad template matcher per bar and per beat (bar and beat boundaries
@@ -79,9 +79,11 @@ def summarize(scores: Sequence[dict[str, Any]], recs: Sequence[dict[str, Any]]) 
 
 
 def evaluate(workdir: str, cfg: Any = None, max_batches: int = 0, sets: Sequence[str] = tuple(SETS),
-             data_dir: str | None = None, max_songs: int = 0) -> dict[str, Any]:
-    """Analyse every held-out song of ``sets`` with the run ``workdir``; writes and returns W/eval.json.
-    ``max_songs`` (or ``max_batches`` batches of songs) > 0: that many songs per set, evenly spaced."""
+             data_dir: str | None = None, max_songs: int = 0, decode: str | None = None,
+             out_name: str = "eval.json") -> dict[str, Any]:
+    """Analyse every held-out song of ``sets`` with the run ``workdir``; writes and returns W/<out_name>.
+    ``max_songs`` (or ``max_batches`` batches of songs) > 0: that many songs per set, evenly spaced. ``decode``:
+    'scored' | 'greedy' | 'sample' (default: the run's ``analyze.decode``, else 'scored')."""
     from m4mjax.run import checkpoint, metrics
 
     model, cfg = load_run(workdir)
@@ -89,8 +91,9 @@ def evaluate(workdir: str, cfg: Any = None, max_batches: int = 0, sets: Sequence
     bs = int(opts.get("batch_size", 8))
     data_dir = data_dir or cfg.data.dir
     table = read_labels(data_dir)
+    decode = str(opts.get("decode", "scored") if decode is None else decode)
     out: dict[str, Any] = {"workdir": os.path.abspath(workdir), "step": checkpoint.latest_step(workdir),
-                           "task": "analysis", "data_dir": os.path.abspath(data_dir), "sets": {}}
+                           "task": "analysis", "data_dir": os.path.abspath(data_dir), "decode": decode, "sets": {}}
     for name in sets:
         songs = held_out_songs(data_dir, SETS[name], max_songs=max_songs or max_batches * bs, table=table)
         if not songs:
@@ -98,13 +101,13 @@ def evaluate(workdir: str, cfg: Any = None, max_batches: int = 0, sets: Sequence
             continue
         results = label_songs(model, [s for _, s, _ in songs], int(cfg.data.frames),
                               context=int(opts.get("context", int(cfg.data.frames) // 4)), batch_size=bs,
-                              temperature=float(opts.get("temperature", 0.0)))
+                              temperature=float(opts.get("temperature", 0.0)), decode=decode)
         scores = [score_song(rec, r.segments, r.downbeats)
                   for (_, _, rec), r in zip(songs, metrics.progress_bar(results, len(songs), f"{name}: songs"))]
         out["sets"][name] = summarize(scores, [rec for *_, rec in songs])
         print(f"{name}: " + "  ".join(f"{k} {v:.3f}" for k, v in out["sets"][name].items() if isinstance(v, float)))
-    io.atomic_write(os.path.join(workdir, "eval.json"), json.dumps(out, indent=2))
-    print(f"wrote {os.path.join(workdir, 'eval.json')}")
+    io.atomic_write(os.path.join(workdir, out_name), json.dumps(out, indent=2))
+    print(f"wrote {os.path.join(workdir, out_name)}")
     return out
 
 
@@ -145,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="", help="--baselines: JSON file to write (default: print only)")
     ap.add_argument("--max_songs", type=int, default=0, help="songs per set, evenly spaced (0 = all)")
     ap.add_argument("--sets", default=",".join(SETS), help=f"comma list of {', '.join(SETS)}")
+    ap.add_argument("--decode", default=None, help="scored (default) | greedy | sample: how labels are decoded")
+    ap.add_argument("--out_name", default="eval.json", help="--workdir: file written inside the run directory")
     with cli.report_errors("m4mjax.analysis_eval"):
         args = ap.parse_args(argv)
         sets = [s for s in args.sets.split(",") if s]
@@ -157,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
                 io.atomic_write(args.out, json.dumps(res, indent=2))
                 print(f"wrote {args.out}")
         elif args.workdir:
-            evaluate(args.workdir, sets=sets, data_dir=args.data_dir or None, max_songs=args.max_songs)
+            evaluate(args.workdir, sets=sets, data_dir=args.data_dir or None, max_songs=args.max_songs,
+                     decode=args.decode, out_name=args.out_name)
         else:
             raise cli.UserError("nothing to do: give --baselines or --workdir")
 

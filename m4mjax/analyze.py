@@ -8,7 +8,8 @@ The analysis run W (experiments/m4m/analysis.py) models the labels track given t
 ``data.frames`` frames at a time. A song of any length is cut into windows that overlap by ``--context``
 frames: each window after the first gets the labels already decided for its first ``context`` frames as the
 target prompt, so chords carry across window seams; the last window ends at the song's end. Songs are
-decoded ``--batch_size`` at a time (one jitted loop per round of windows). Greedy by default (--temperature=0).
+decoded ``--batch_size`` at a time (one jitted loop per round of windows). ``--decode=scored`` (the default) chooses
+each chord row whole by its probability (``m4mjax.chord_decode``); ``greedy`` and ``sample`` go token by token.
 
 Bad files (unreadable, not MIDI, no notes) get one line ``m4mjax.analyze: error: ... (FILE)`` and no output;
 the other files are still analysed, and the command exits 2 at the end when any file failed.
@@ -63,13 +64,19 @@ def load_run(workdir: str) -> tuple[nnx.Module, object]:
     return model, cfg
 
 
+DECODES = ("scored", "greedy", "sample")  # chord rows scored whole (chord_decode) | argmax per token | sampled
+OPEN_MODES = ("joint", "greedy")  # scored: a chord opens when it beats "no chord" | when p(open) >= 0.5
+SCORED_BASSES = 4  # scored: candidate rows under the 4 likeliest bass pitch classes (12 = every candidate)
+
+
 def _sample(model: nnx.Module, reference: np.ndarray, prompt: np.ndarray | None, n_frames: int, rng: jax.Array,
-            temperature: float) -> np.ndarray:
+            temperature: float, decode: str = "sample", open_mode: str = "joint") -> np.ndarray:
     """Target tokens [B, F0 + n_frames, L] for reference [B, F, L] after prompt [B, F0, L] (the one model call)."""
     from m4mjax import linked
 
     return np.asarray(linked.generate(model, reference, rng, n_frames=n_frames, prompt=prompt,
-                                      temperature=temperature, top_p=1.0))
+                                      temperature=0.0 if decode == "greedy" else temperature, top_p=1.0,
+                                      scored=(open_mode, SCORED_BASSES) if decode == "scored" else None))
 
 
 # ------------------------------------------------------------------------------------------ windows
@@ -83,11 +90,17 @@ def window_starts(n_frames: int, frames: int, context: int) -> list[int]:
 
 
 def label_songs(model: nnx.Module, songs: Sequence[Song], frames: int, *, context: int = 0, batch_size: int = 8,
-                temperature: float = 0.0, seed: int = 0) -> Iterator[Result]:
+                temperature: float = 0.0, seed: int = 0, decode: str = "scored", open_mode: str = "joint"
+                ) -> Iterator[Result]:
     """Analyse ``songs`` (one Result per song, yielded in the given order). Songs are batched by length, so a
-    batch's short songs do not wait idle through its longest one's windows."""
+    batch's short songs do not wait idle through its longest one's windows. ``decode``: 'scored' (chords chosen
+    whole, ``m4mjax.chord_decode``; beats greedy), 'greedy' (argmax token by token) or 'sample' (``temperature``)."""
     if not 0 <= context < frames:
         raise cli.UserError(f"must be in [0, {frames}) (the run's window is {frames} frames)", f"--context={context}")
+    if decode not in DECODES:
+        raise cli.UserError(f"must be one of {', '.join(DECODES)}", f"--decode={decode}")
+    if open_mode not in OPEN_MODES:
+        raise cli.UserError(f"must be one of {', '.join(OPEN_MODES)}", f"--open={open_mode}")
     L = int(model.cfg.max_frame_tokens)
     B = max(1, min(int(batch_size), 1 << max(len(songs) - 1, 0).bit_length()))  # few shapes: few compiles
     rng = jax.random.key(seed)
@@ -111,20 +124,20 @@ def label_songs(model: nnx.Module, songs: Sequence[Song], frames: int, *, contex
                 if r:
                     prompt[i] = out[i][st:st + context]
             gen = _sample(model, ref, prompt if r and context else None, frames - (context if r else 0),
-                          jax.random.fold_in(rng, g * 100003 + r), temperature)
+                          jax.random.fold_in(rng, g * 100003 + r), temperature, decode, open_mode)
             for i in live:
                 st = plans[i][r]
                 new = max(known[i], st)  # frames already decided keep their labels
                 out[i][new:st + frames] = gen[i][new - st:frames]
                 known[i] = st + frames
         for i, s, toks in zip(members, group, out):
-            done[i] = decode(toks[:s.n_frames], s.n_frames)
+            done[i] = decode_tokens(toks[:s.n_frames], s.n_frames)
         while nxt in done:
             yield done.pop(nxt)
             nxt += 1
 
 
-def decode(target_tokens: np.ndarray, n_frames: int) -> Result:
+def decode_tokens(target_tokens: np.ndarray, n_frames: int) -> Result:
     """Label tokens [n_frames, L] -> chord segments (frames, 'N' gaps), downbeat frames and the label notes."""
     notes = tok.tokens_to_notes(target_tokens)
     chord = notes[notes[:, tok.INSTRUMENT] != tok.DRUM]
@@ -175,7 +188,7 @@ def write_outputs(stem: Path, score, timing: dict, result: Result, n_frames: int
 
 def analyze_files(workdir: str, paths: Sequence[str], out: str, *, context: int | None = None,
                   batch_size: int | None = None, temperature: float | None = None, seed: int = 0,
-                  progress: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
+                  progress: bool = True, decode: str | None = None) -> tuple[list[str], list[tuple[str, str]]]:
     """Analyse MIDI files into ``out``; returns (files written, [(bad file, reason)]). Bad files are reported
     on stderr as they are found and skipped; every good file is written."""
     from m4mjax.run import metrics
@@ -186,6 +199,7 @@ def analyze_files(workdir: str, paths: Sequence[str], out: str, *, context: int 
     context = int(opts.get("context", frames // 4) if context is None else context)
     batch_size = int(opts.get("batch_size", 8) if batch_size is None else batch_size)
     temperature = float(opts.get("temperature", 0.0) if temperature is None else temperature)
+    decode = str(opts.get("decode", "scored") if decode is None else decode)
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
@@ -205,7 +219,7 @@ def analyze_files(workdir: str, paths: Sequence[str], out: str, *, context: int 
         stems[str(stem)] = p
         good.append((stem, song, score, timing))
     results = label_songs(model, [g[1] for g in good], frames, context=context, batch_size=batch_size,
-                          temperature=temperature, seed=seed)
+                          temperature=temperature, seed=seed, decode=decode)
     if progress:
         results = metrics.progress_bar(results, len(good), "analyze: files")
     written = []
@@ -222,12 +236,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--context", type=int, default=None, help="frames of label prompt per window (run's default)")
     ap.add_argument("--batch_size", type=int, default=None, help="songs decoded together (run's default)")
-    ap.add_argument("--temperature", type=float, default=None, help="0 = greedy (run's default)")
+    ap.add_argument("--decode", default=None, choices=None,
+                    help="scored (default: each chord row chosen whole by its probability) | greedy | sample")
+    ap.add_argument("--temperature", type=float, default=None, help="--decode=sample: softmax temperature")
     ap.add_argument("--seed", type=int, default=0)
     with cli.report_errors("m4mjax.analyze"):
         args = ap.parse_args(argv)
         written, bad = analyze_files(args.workdir, args.midi, args.out, context=args.context,
-                                     batch_size=args.batch_size, temperature=args.temperature, seed=args.seed)
+                                     batch_size=args.batch_size, temperature=args.temperature, seed=args.seed,
+                                     decode=args.decode)
         print(f"wrote {len(written)} files for {len(written) // 3} songs into {args.out}")
         cli.raise_if_bad(bad, len(args.midi), "analysed")
 

@@ -69,6 +69,8 @@ def link_config(kind: str = "fa_self") -> ml_collections.ConfigDict:
         ref_stride=1, target_stride=1,  # fa_cross: absolute frame index = position * stride (time compression)
         train="full" if s2s else "link",  # 'link' = only LoRA/adapter/segment/mask variables | 'full' = all
         seq2seq=dict(SEQ2SEQ),  # seq2seq: the model sizes it uses instead of cfg.model's (encoder = decoder shape)
+        # training-loss weight per target token class (label_token_weights; all 1 = official plain token mean)
+        loss_weights=dict(open=1.0, chord=1.0, beat=1.0, eos=1.0),
     ))
 
 
@@ -191,10 +193,35 @@ def build(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs) -> LinkedModel:
     return LinkedModel(cfg.model, cfg.link, rngs=rngs)
 
 
+LOSS_CLASSES = ("open", "chord", "beat", "eos")  # link.loss_weights keys (label_token_weights)
+
+
+def label_token_weights(targets: jax.Array, weights: dict, chord_instrument: int = 0, drum: int = 127,
+                        eos: int | None = None) -> jax.Array:
+    """Per-token loss weights [..., L] of label rows ``[ins, pd, ins, pd, ..., EOS, PAD]`` by class: 'open' = a
+    frame's first token (whether a chord starts there, whatever it is), 'chord' = later chord-instrument tokens and
+    the pitch tokens they introduce, 'beat' = the drum instrument's tokens and their pitches, 'eos' = a later EOS;
+    anything else weighs 1."""
+    L = targets.shape[-1]
+    ins_of = jnp.repeat(targets[..., 0::2], 2, axis=-1)[..., :L]  # the instrument token of each (ins, pd) pair
+    first = jnp.arange(L) == 0
+    w = jnp.where(ins_of == chord_instrument, weights["chord"], jnp.where(ins_of == drum, weights["beat"], 1.0))
+    if eos is not None:
+        w = jnp.where(targets == eos, weights["eos"], w)
+    return jnp.where(first, weights["open"], w).astype(jnp.float32)
+
+
 def loss_fn(model: LinkedModel, batch: dict, key: jax.Array | None = None) -> tuple[jax.Array, dict]:
-    """Token cross-entropy on the target stream only (PAD ignored); aux as ``model.lm_loss``."""
+    """Token cross-entropy on the target stream only (PAD ignored); aux as ``model.lm_loss``. In training (a key
+    given) tokens weigh ``link.loss_weights`` by class (``label_token_weights``; all 1 = the official plain mean);
+    held-out loss (no key) is always the plain token mean, so runs with different weights compare."""
     logits = model.link_logits(batch["reference"], batch["target"], key=key)
-    return lm_loss(logits, batch["target"], model.cfg.pad_id)
+    lw = model.link.get("loss_weights", None) or {}
+    weights = None
+    if key is not None and any(float(lw.get(c, 1.0)) != 1.0 for c in LOSS_CLASSES):
+        weights = label_token_weights(batch["target"], {c: float(lw.get(c, 1.0)) for c in LOSS_CLASSES},
+                                      eos=model.cfg.eos_id)
+    return lm_loss(logits, batch["target"], model.cfg.pad_id, weights)
 
 
 def trainable(cfg: ml_collections.ConfigDict):
@@ -257,8 +284,10 @@ def target_step(model: LinkedModel, state: LinkState, frame: jax.Array, *,
     return state._replace(cache=cache, g=g[:, 0], t=state.t + 1)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "n_frames"))
-def _generate(graphdef, params, reference, prompt, rng, temperature, top_p, scale, n_frames: int):
+@functools.partial(jax.jit, static_argnames=("graphdef", "n_frames", "decode"))
+def _generate(graphdef, params, reference, prompt, rng, temperature, top_p, scale, n_frames: int,
+              decode: tuple = ("sample",)):
+    from m4mjax import chord_decode
     from m4mjax.sample import sample_frame
 
     model = nnx.merge(graphdef, params)
@@ -269,7 +298,10 @@ def _generate(graphdef, params, reference, prompt, rng, temperature, top_p, scal
     def body(j, c):
         out, state, rng = c
         rng, k = jax.random.split(rng)
-        frame = sample_frame(model, state.g, k, temperature, top_p)
+        if decode[0] == "scored":
+            frame = chord_decode.scored_frame(model, state.g, *decode[1:])
+        else:
+            frame = sample_frame(model, state.g, k, temperature, top_p)
         out = jax.lax.dynamic_update_slice_in_dim(out, frame[:, None], F0 + j, axis=1)
         return out, target_step(model, state, frame, scale=scale), rng
 
@@ -278,9 +310,10 @@ def _generate(graphdef, params, reference, prompt, rng, temperature, top_p, scal
 
 def generate(model: LinkedModel, reference: jax.Array, rng: jax.Array, *, n_frames: int | None = None,
              prompt: jax.Array | None = None, temperature: float = 1.0, top_p: float = 1.0,
-             scale: float | jax.Array | None = None) -> jax.Array:
+             scale: float | jax.Array | None = None, scored: tuple[str, int] | None = None) -> jax.Array:
     """Sample target tokens [B, F0+n_frames, L] aligned to reference [B,F1,L] (default n_frames: F1 - F0);
-    ``scale`` defaults to ``link.adapter_scale`` (fa_cross only)."""
+    ``scale`` defaults to ``link.adapter_scale`` (fa_cross only). ``scored=(open_mode, basses)``: label frames
+    by ``m4mjax.chord_decode.scored_frame`` (chord rows scored whole, the rest greedy) instead of sampling."""
     reference = jnp.asarray(reference, jnp.int32)
     B, F1, L = reference.shape
     prompt = jnp.zeros((B, 0, L), jnp.int32) if prompt is None else jnp.asarray(prompt, jnp.int32)
@@ -290,4 +323,5 @@ def generate(model: LinkedModel, reference: jax.Array, rng: jax.Array, *, n_fram
     scale = model.link.adapter_scale if scale is None else scale
     graphdef, params = nnx.split(model)
     return _generate(graphdef, params, reference, prompt, rng, jnp.float32(temperature), jnp.float32(top_p),
-                     jnp.asarray(scale, jnp.float32), n_frames=n)
+                     jnp.asarray(scale, jnp.float32), n_frames=n,
+                     decode=("sample",) if scored is None else ("scored", str(scored[0]), int(scored[1])))

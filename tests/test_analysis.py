@@ -249,7 +249,8 @@ def fake_model(monkeypatch):
     """analyze's model call replaced by _fake_labels; the prompt must equal what was decided for its frames."""
     calls = []
 
-    def sample(model, reference, prompt, n_frames, rng, temperature):
+    def sample(model, reference, prompt, n_frames, rng, temperature, decode="sample", open_mode="joint"):
+        assert decode == "scored" and open_mode == "joint"  # analyze's default: chord rows scored whole
         full = _fake_labels(np.asarray(reference))
         f0 = 0 if prompt is None else prompt.shape[1]
         assert f0 + n_frames == reference.shape[1]
