@@ -1,10 +1,10 @@
-"""python -m m4mjax.analyze --workdir=W song.mid [more.mid ...] --out=DIR — chords and downbeats of any MIDI.
+"""python -m m4mjax.analyze [--workdir=W] song.mid [more.mid ...] --out=DIR — chords and downbeats of any MIDI.
 
 Per input NAME.mid it writes DIR/NAME.mid (the input, every event kept, plus an "m4m chords" track and an
 "m4m beats" drum track), DIR/NAME.lab (``start end label`` in seconds, Harte labels, mir_eval's format) and
 DIR/NAME.beats (one downbeat time in seconds per line). Times follow the file's own tempo map.
 
-The analysis run W (experiments/m4m/analysis.py) models the labels track given the music, one window of
+The analysis run W (experiments/m4m/analysis.py; default: the shipped analyser, pretrained/analysis) models the labels track given the music, one window of
 ``data.frames`` frames at a time. A song of any length is cut into windows that overlap by ``--context``
 frames: each window after the first gets the labels already decided for its first ``context`` frames as the
 target prompt, so chords carry across window seams; the last window ends at the song's end. Songs are
@@ -32,6 +32,7 @@ from m4mjax import tokenizer as tok
 from m4mjax.run import cli, io
 
 CHORD_NAME, BEAT_NAME = "m4m chords", "m4m beats"  # names of the tracks analyze adds (skipped when re-read)
+SHIPPED = Path(__file__).resolve().parents[1] / "pretrained" / "analysis"  # the analyser used without --workdir
 
 
 @dataclasses.dataclass
@@ -232,7 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     """Command line: see the module docstring."""
     ap = cli.ArgumentParser(prog="m4mjax.analyze", description=__doc__.split("\n")[0])
     ap.add_argument("midi", nargs="+", help="MIDI files to analyse")
-    ap.add_argument("--workdir", required=True, help="analysis run directory (m4mjax.train analysis.py)")
+    ap.add_argument("--workdir", default="", help="analysis run directory or shipped model folder (default: the "
+                    "shipped analyser, pretrained/analysis)")
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--context", type=int, default=None, help="frames of label prompt per window (run's default)")
     ap.add_argument("--batch_size", type=int, default=None, help="songs decoded together (run's default)")
@@ -242,7 +244,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     with cli.report_errors("m4mjax.analyze"):
         args = ap.parse_args(argv)
-        written, bad = analyze_files(args.workdir, args.midi, args.out, context=args.context,
+        if not args.workdir and not (SHIPPED / "config.json").is_file():
+            raise cli.UserError("no shipped analyser in this checkout; give --workdir=RUN", str(SHIPPED))
+        written, bad = analyze_files(args.workdir or str(SHIPPED), args.midi, args.out, context=args.context,
                                      batch_size=args.batch_size, temperature=args.temperature, seed=args.seed,
                                      decode=args.decode)
         print(f"wrote {len(written)} files for {len(written) // 3} songs into {args.out}")

@@ -395,3 +395,36 @@ def test_baselines_score_the_template_matcher_on_clean_triads(analysis_dir, tmp_
     for name in analysis_eval.SETS:
         assert res["sets"][name]["template_bar"]["majmin"] == 1.0
         assert set(res["sets"][name]) == {"template_bar", "template_beat", "chorder"}
+
+
+# ---------------------------------------------------------------------------------------- shipped weights
+def test_an_exported_run_is_read_like_the_run_and_a_mismatch_is_one_line(runs, tmp_path, monkeypatch, capsys):
+    from m4mjax import export
+    from m4mjax.run import checkpoint, cli
+
+    ship = tmp_path / "pretrained" / "analysis"
+    rec = export.export(str(runs["fa_self"]), str(ship))
+    assert sorted(p.name for p in ship.iterdir()) == ["config.json", "params.npz", "source.json"]
+    assert rec["step"] == checkpoint.latest_step(str(runs["fa_self"])) and rec["task"] == "analysis"
+    m_run, _ = analyze.load_run(str(runs["fa_self"]))
+    m_ship, _ = analyze.load_run(str(ship))
+    a, b = nnx.state(m_run, nnx.Param).to_pure_dict(), nnx.state(m_ship, nnx.Param).to_pure_dict()
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+    # analyze with no --workdir reads the shipped folder
+    _write_piece(tmp_path / "piece.mid")
+    monkeypatch.setattr(analyze, "SHIPPED", ship)
+    analyze.main([str(tmp_path / "piece.mid"), f"--out={tmp_path / 'out'}"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["piece.beats", "piece.lab", "piece.mid"]
+    # a file whose shapes are not the model's is refused, naming a parameter
+    with np.load(ship / "params.npz") as z:
+        flat = {k: z[k] for k in z.files}
+    key = sorted(flat)[0]
+    flat[key] = np.zeros(flat[key].shape + (2,), np.float32)
+    np.savez(ship / "params.npz", **flat)
+    with pytest.raises(cli.UserError, match="weights do not match the model.*" + key.split("/")[0]):
+        analyze.load_run(str(ship))
+    monkeypatch.setattr(analyze, "SHIPPED", tmp_path / "nowhere")
+    with pytest.raises(SystemExit):
+        analyze.main([str(tmp_path / "piece.mid"), f"--out={tmp_path / 'out2'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no shipped analyser" in err[0]

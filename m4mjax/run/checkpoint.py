@@ -19,6 +19,7 @@ import threading
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
@@ -27,6 +28,7 @@ from m4mjax.run.cli import UserError
 
 _preempted = threading.Event()
 ASIDE = "unreadable_checkpoints"  # where a resuming trainer moves damaged steps (beside checkpoints/)
+PARAMS_FILE = "params.npz"  # a shipped model folder (pretrained/NAME): config.json + this, weights only
 
 
 def _on_sigterm(signum, frame):  # noqa: ARG001
@@ -223,6 +225,9 @@ def restore_params(workdir: str, like: Any = None, step: int | None = None, item
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.isdir(workdir):
         raise UserError("no such run directory", workdir)
+    if step is None and item == "params" and os.path.isfile(os.path.join(workdir, PARAMS_FILE)) \
+            and not os.path.isdir(directory):
+        return _read_shipped(os.path.join(workdir, PARAMS_FILE), like)
     found = latest_step(workdir) if step is None else step
     if found is None:
         raise UserError("no checkpoint in this run directory (has train saved one yet?)", workdir)
@@ -252,3 +257,47 @@ def restore_params(workdir: str, like: Any = None, step: int | None = None, item
     finally:
         handler.close()
     return out if like is None else _fill(like, out)
+
+
+# ------------------------------------------------------------------------------ shipped weights (pretrained/)
+def _name(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def write_shipped(path: str, params: Any) -> int:
+    """Write a params pytree as one ``.npz`` (keys 'a/b/c', float32 arrays); returns its size in bytes."""
+    from m4mjax.run import io
+
+    flat = {_name(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    with io.atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **flat)
+    return os.path.getsize(path)
+
+
+def _read_shipped(path: str, like: Any) -> Any:
+    """``restore_params`` for a shipped folder: names and shapes checked against ``like`` (one-line UserError)."""
+    try:
+        with np.load(path) as z:
+            flat = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise UserError(f"unreadable weights file ({_reason(e)})", path) from e
+    if like is None:
+        out: dict[str, Any] = {}
+        for k, v in flat.items():
+            node = out
+            *parents, last = k.split("/")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[last] = jax.device_put(v, jax.local_devices()[0])
+        return out
+    target = _target(like)
+    wanted = _flat(target)
+    diff = sorted(k for k in wanted.keys() | flat.keys() if wanted.get(k) != (tuple(flat[k].shape) if k in flat else None))
+    if diff:
+        k = diff[0]
+        raise UserError(f"weights do not match the model: {len(diff)} parameters differ, e.g. {k!r} file "
+                        f"{tuple(flat[k].shape) if k in flat else 'absent'} vs model {wanted.get(k, 'absent')}", path)
+    restored = jax.tree_util.tree_map_with_path(
+        lambda p, x: jax.device_put(flat[_name(p)].astype(x.dtype), x.sharding), target)
+    return _fill(like, restored)
