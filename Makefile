@@ -4,9 +4,10 @@ PY      := .venv/bin/python
 WORK    ?= workdirs/demo
 APT_PKGS := fluidsynth libfluidsynth3 fluid-soundfont-gm timgm6mb-soundfont mma
 export XLA_FLAGS ?=
-export TF_CPP_MIN_LOG_LEVEL := 3
+# TF_CPP_MIN_LOG_LEVEL=1: no INFO logs; XLA's warnings, errors and fatal messages still show (3 hid errors).
+export TF_CPP_MIN_LOG_LEVEL ?= 1
 
-.PHONY: demo test test-slow install data sps-demo clean-demo
+.PHONY: demo test test-fast test-slow install data sps-demo clean-demo
 
 # --- environment ------------------------------------------------------------------------------
 .venv/.apt-done:
@@ -44,8 +45,15 @@ demo: data
 	echo "  evaluation   $(WORK)/eval.json"; echo "  sampled MIDI $(WORK)/sample.mid"
 
 # --- tests ------------------------------------------------------------------------------------
+# Never hangs: a test past --timeout has its stacks dumped and its worker ended; a worker that dies (abort, segfault,
+# SIGKILL) fails the run naming its test (--max-worker-restart=0; tests/conftest.py interrupts the other worker).
+# --capture=sys: C-level stderr (XLA's fatal messages) is not swallowed with a crashed worker's captured output.
+PYTEST := $(PY) -m pytest -q --timeout=600 --timeout-method=thread --capture=sys --durations=15
 test: .venv/.installed
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
+	$(PYTEST) -n 2 --dist loadfile --max-worker-restart=0
+
+test-fast: .venv/.installed  # the unit tier: no training runs, subprocesses or notebooks (tests/conftest.py)
+	$(PYTEST) -n 2 --max-worker-restart=0 -m 'not slow and not integration'
 
 test-slow: .venv/.installed
 	$(PY) -m pytest -q -m slow

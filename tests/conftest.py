@@ -1,6 +1,64 @@
-"""Test setup: 8 fake CPU devices (set before jax is imported anywhere)."""
+"""Test setup, before jax is imported anywhere, and the session fixtures several files share.
+
+- 8 fake CPU devices, for the sharding tests; the tiny configs run on one (m4m_fixtures.tiny_config).
+- A persistent XLA compilation cache in .cache/jax (gitignored), shared by the xdist workers and the entry-point
+  subprocesses (they inherit the environment): most of the suite's time is compiling the same :tiny programs,
+  which each `train()` call re-jits. Size-capped, which also makes jax lock it across processes.
+- XLA logs at WARNING and above reach the output (TF_CPP_MIN_LOG_LEVEL=1: INFO stays quiet), so a fatal XLA
+  error is not a bare "Aborted".
+"""
 import os
+import pathlib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".cache" / "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
+
+# Session fixtures: defined once here, so each test process builds them once however many files use them.
+from m4m_fixtures import prepared_dir  # noqa: E402,F401  (the prepared :tiny MIDI dataset)
+from sps_fixtures import sps_tiny_root  # noqa: E402,F401  (a trained + evaluated SPS :tiny workdir)
+
+
+# --- a crashed xdist worker ends the run now, naming the test -------------------------------------------------------
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_StopOnCrashedWorker(), "stop-on-crashed-worker")
+
+
+class _StopOnCrashedWorker:
+    """Master side. A worker died (abort, segfault, SIGKILL, out of memory): with --max-worker-restart=0 (Makefile)
+    xdist reports "worker gwN crashed while running <test>" and stops scheduling, but each other worker would first
+    run every test already queued on it (minutes). Interrupt them (SIGINT, SIGKILL 30 s later): the run fails now."""
+
+    def __init__(self):
+        self.interrupted: dict[str, str] = {}  # worker id -> the id of the worker that crashed
+
+    def pytest_testnodedown(self, node, error):
+        if error is None or node.gateway.id in self.interrupted:
+            return
+        import signal
+        import sys
+        import threading
+
+        print(f"\nconftest: worker {node.gateway.id} died ({error}); interrupting the other workers", file=sys.stderr)
+        dsession = node.config.pluginmanager.getplugin("dsession")
+        for other in getattr(dsession.sched, "nodes", []) if dsession and dsession.sched else []:
+            popen = getattr(getattr(other.gateway, "_io", None), "popen", None)  # execnet's popen gateway
+            if other is node or popen is None or popen.poll() is not None:
+                continue
+            self.interrupted[other.gateway.id] = node.gateway.id
+            os.kill(popen.pid, signal.SIGINT)
+            kill = threading.Timer(30, lambda p=popen: p.poll() is None and p.kill())
+            kill.daemon = True  # the master does not wait for it to exit
+            kill.start()
+
+    def pytest_handlecrashitem(self, crashitem, report, sched):
+        """A test cut short because another worker crashed says so (it did not crash itself)."""
+        crashed = self.interrupted.get(report.node.gateway.id)
+        if crashed:
+            report.longrepr = f"interrupted: worker {crashed!r} crashed (see its report); {crashitem!r} did not finish"

@@ -52,12 +52,14 @@ def prepared_dir(tmp_path_factory) -> pathlib.Path:
 
 
 def tiny_config(prepared: pathlib.Path, experiment: str = "lm_pretrain", arg: str = "tiny", **overrides):
-    """experiments/m4m/<experiment>.py:<arg> (default tiny) on the dataset folder ``prepared``, with dotted-key
-    overrides."""
+    """experiments/m4m/<experiment>.py:<arg> (default tiny) on the dataset folder ``prepared``, on ONE device (a
+    1-device mesh compiles a fraction of the 8-device program; the sharding tests set their meshes), with
+    dotted-key overrides."""
     from experiments.sweep import load_experiment
 
     cfg = load_experiment(str(REPO / f"experiments/m4m/{experiment}.py")).get_config(arg)
     cfg.data.name, cfg.data.dir = "prepared", str(prepared)
+    cfg.mesh.update(data=1, fsdp=1, tensor=1)
     for k, v in overrides.items():
         node = cfg
         *path, last = k.split(".")

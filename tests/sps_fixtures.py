@@ -1,5 +1,5 @@
 """A `:tiny` SPS workdir built once per test process through the real entry points (train, evaluate on the
-test split and on the unseen soundfont); shared by test_sps_summary.py and test_notebook.py."""
+test split and on the unseen soundfont); shared (via conftest.py) by test_sps_summary, test_sps_train and test_notebook."""
 from __future__ import annotations
 
 import os
@@ -29,7 +29,7 @@ def build_tiny_root(tmp_root: pathlib.Path) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def sps_tiny_root(tmp_path_factory) -> pathlib.Path:
-    """Built once per process even though two test modules import this fixture."""
+    """Built once per test process: conftest.py defines it for every module that uses it."""
     if "root" not in _BUILT:
         _BUILT["root"] = build_tiny_root(tmp_path_factory.mktemp("sps_sweep"))
     return _BUILT["root"]

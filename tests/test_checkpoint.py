@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from m4m_fixtures import REPO, prepared_dir, tiny_config  # noqa: F401  (session fixture)
+from m4m_fixtures import REPO, tiny_config
 from m4mjax.run import metrics
 
 
@@ -24,7 +24,7 @@ def _truncate_biggest(step_dir: pathlib.Path) -> pathlib.Path:
 
 
 @pytest.fixture(scope="module")
-def run4(prepared_dir, tmp_path_factory):  # noqa: F811
+def run4(prepared_dir, tmp_path_factory):
     """A :tiny run of 4 steps with checkpoints at steps 2 and 4 (eval off: not what these tests are about)."""
     from m4mjax import train
 
@@ -38,7 +38,7 @@ def _train_rows(wd) -> list[dict]:
     return [r for r in metrics.read_metrics(str(wd)) if "train/loss" in r]
 
 
-def test_damaged_latest_checkpoint_falls_back_and_metrics_stay_unique(run4, prepared_dir, tmp_path, capsys):  # noqa: F811
+def test_damaged_latest_checkpoint_falls_back_and_metrics_stay_unique(run4, prepared_dir, tmp_path, capsys):
     from m4mjax import train
 
     wd = tmp_path / "run"

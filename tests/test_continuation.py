@@ -3,7 +3,6 @@ import math
 
 import numpy as np
 
-from m4m_fixtures import prepared_dir  # noqa: F401  (session fixture)
 from m4mjax import continuation as cont
 from m4mjax import tokenizer as tk
 

@@ -1,8 +1,11 @@
 """Every entry point meets a user's bad input with ONE stderr line ``<command>: error: ... (<file or key>)``,
-exit status 2, no traceback and nothing written (issue 8 items 1 and 7). Each row runs the real command as a
-subprocess, as a user would; every failure happens while flags and inputs are checked, before heavy work."""
+exit status 2, no traceback and nothing written (issue 8 items 1 and 7). Every failure happens while flags and
+inputs are checked, before heavy work. The absl commands (global flags: one parse per process) and the torch
+converter run as real subprocesses, as a user would; the argparse commands run in-process through their
+``main(argv)`` (the same code below ``if __name__ == "__main__"``, without an interpreter start per row)."""
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -86,16 +89,37 @@ def inputs(tmp_path: Path) -> Path:
     return tmp_path
 
 
+# absl flags are process-global (defined once, values kept between parses); torch stays out of the test process
+SUBPROCESS = ("m4mjax.train", "symmetry.train", "m4mjax.evaluate", "m4mjax.sample", "symmetry.evaluate",
+              "m4mjax.convert_torch")
+
+
+def _run(command: str, args: list[str], capsys, monkeypatch) -> tuple[int, str]:
+    """(exit status, stderr) of ``python -m command *args``: a subprocess for SUBPROCESS, else main(args) here."""
+    if command in SUBPROCESS:
+        r = subprocess.run([sys.executable, "-m", command, *args], cwd=REPO, env=_env(), capture_output=True,
+                           text=True, timeout=180)
+        return r.returncode, r.stderr
+    monkeypatch.delenv("M4MJAX_DEBUG", raising=False)
+    main = importlib.import_module(command).main
+    capsys.readouterr()
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command,argv,names", ROWS, ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(ROWS)])
-def test_user_error_is_one_line(inputs: Path, command: str, argv: list[str], names: str):
+def test_user_error_is_one_line(inputs: Path, command: str, argv: list[str], names: str, capsys, monkeypatch):
     before = _listing(inputs)
     args = [a.replace("{t}", str(inputs)) for a in argv]
-    r = subprocess.run([sys.executable, "-m", command, *args], cwd=REPO, env=_env(), capture_output=True,
-                       text=True, timeout=180)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert r.returncode == 2, f"rc {r.returncode}; stderr:\n{r.stderr[-3000:]}"
-    assert "Traceback" not in r.stderr
-    assert len(lines) == 1, f"want one line, got {len(lines)}:\n{r.stderr[-3000:]}"
+    code, stderr = _run(command, args, capsys, monkeypatch)
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert code == 2, f"rc {code}; stderr:\n{stderr[-3000:]}"
+    assert "Traceback" not in stderr
+    assert len(lines) == 1, f"want one line, got {len(lines)}:\n{stderr[-3000:]}"
     assert lines[0].startswith(f"{command}: error: "), lines[0]
     assert names in lines[0], lines[0]
     assert _listing(inputs) == before, "a failed command created or removed files"

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import pytest
 
-from sps_fixtures import REPO, sps_tiny_root  # noqa: F401  (session fixture)
+from sps_fixtures import REPO
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 
-def test_pitch_axis_notebook(sps_tiny_root, monkeypatch):  # noqa: F811
+def test_pitch_axis_notebook(sps_tiny_root, monkeypatch):
     monkeypatch.setenv("SPS_WORKDIR", str(sps_tiny_root / "sps_vae_k4"))  # the kernel inherits the env
     nb = nbformat.read(REPO / "notebooks/pitch_axis.ipynb", as_version=4)
     assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells)

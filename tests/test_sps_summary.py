@@ -7,11 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from sps_fixtures import sps_tiny_root  # noqa: F401  (session fixture)
 from symmetry import summary
 
 
-def test_summary_cli(sps_tiny_root, tmp_path, capsys):  # noqa: F811
+def test_summary_cli(sps_tiny_root, tmp_path, capsys):
     out = tmp_path / "out"
     summary.main([str(sps_tiny_root), f"--out={out}"])
     printed = capsys.readouterr().out
@@ -29,7 +28,7 @@ def test_summary_cli(sps_tiny_root, tmp_path, capsys):  # noqa: F811
     assert cols[0][0] == "SPS_VAE, K=4 (ours)" and [s["seed"] for s in cols[0][1]] == [0, 1]
 
 
-def test_missing_and_grouping(sps_tiny_root, tmp_path):  # noqa: F811
+def test_missing_and_grouping(sps_tiny_root, tmp_path):
     root = tmp_path / "sweep"
     shutil.copytree(sps_tiny_root / "sps_vae_k4", root / "done", ignore=shutil.ignore_patterns("checkpoints", "tb"))
     cfg = json.loads((root / "done/config.json").read_text())
@@ -50,7 +49,7 @@ def test_missing_and_grouping(sps_tiny_root, tmp_path):  # noqa: F811
         summary.summarize(str(tmp_path / "nope"))
 
 
-def test_fade_probe(sps_tiny_root):  # noqa: F811
+def test_fade_probe(sps_tiny_root):
     from experiments.symmetry import fade_probe
 
     out = fade_probe.probe(str(sps_tiny_root / "sps_vae_k4"))

@@ -5,10 +5,10 @@ import json
 
 import numpy as np
 
-from sps_fixtures import REPO, sps_tiny_root  # noqa: F401  (session fixture)
+from sps_fixtures import REPO
 
 
-def test_seed_alone_equals_seed_in_stack(sps_tiny_root, tmp_path):  # noqa: F811
+def test_seed_alone_equals_seed_in_stack(sps_tiny_root, tmp_path):
     """--config.seed=1 --config.num_seeds=1 starts as seed 1 of the fixture's 2-seed run (same init, batch, noise)."""
     from experiments.sweep import load_experiment
     from symmetry import train

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from m4m_fixtures import REPO, prepared_dir, tiny_config  # noqa: F401  (session fixture)
+from m4m_fixtures import REPO, tiny_config
 from m4mjax import steps as steps_lib, train as train_lib
 from m4mjax.run import checkpoint, cli, mesh as mesh_lib, metrics
 
