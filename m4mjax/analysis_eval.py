@@ -28,6 +28,7 @@ from m4mjax.analyze import Song, label_songs, load_run
 from m4mjax.run import cli, io
 
 SETS = {"synth_test": ("synth/mma",), "romantext": ("romantext/bach", "romantext/monteverdi")}
+OFFICIAL_PROMPT, OFFICIAL_SAMPLES = 16, 8  # --decode=official: true-label prompt frames, samples averaged
 
 
 def read_labels(data_dir: str) -> dict[str, Any]:
@@ -56,7 +57,8 @@ def held_out_songs(data_dir: str, groups: Sequence[str], split: str = "test", ma
     for i in idx:
         song = src[i]
         music = pipeline.select_stream(song["notes"], "music")
-        out.append((src.ids[i], Song(music, int(song["n_frames"])), table[src.ids[i]]))
+        out.append((src.ids[i], Song(music, int(song["n_frames"]), pipeline.select_stream(song["notes"], "labels")),
+                    table[src.ids[i]]))
     return out
 
 
@@ -83,7 +85,9 @@ def evaluate(workdir: str, cfg: Any = None, max_batches: int = 0, sets: Sequence
              out_name: str = "eval.json") -> dict[str, Any]:
     """Analyse every held-out song of ``sets`` with the run ``workdir``; writes and returns W/<out_name>.
     ``max_songs`` (or ``max_batches`` batches of songs) > 0: that many songs per set, evenly spaced. ``decode``:
-    'scored' | 'greedy' | 'sample' (default: the run's ``analyze.decode``, else 'scored')."""
+    'scored' | 'greedy' | 'sample' (default: the run's ``analyze.decode``, else 'scored'), or 'official' (the
+    official protocol: each song's first 16 frames of true labels as prompt, temperature 1, scores averaged over
+    8 samples)."""
     from m4mjax.run import checkpoint, metrics
 
     model, cfg = load_run(workdir)
@@ -99,12 +103,21 @@ def evaluate(workdir: str, cfg: Any = None, max_batches: int = 0, sets: Sequence
         if not songs:
             print(f"{name}: no held-out songs in {data_dir}; skipped", file=sys.stderr)
             continue
-        results = label_songs(model, [s for _, s, _ in songs], int(cfg.data.frames),
-                              context=int(opts.get("context", int(cfg.data.frames) // 4)), batch_size=bs,
-                              temperature=float(opts.get("temperature", 0.0)), decode=decode)
-        scores = [score_song(rec, r.segments, r.downbeats)
-                  for (_, _, rec), r in zip(songs, metrics.progress_bar(results, len(songs), f"{name}: songs"))]
-        out["sets"][name] = summarize(scores, [rec for *_, rec in songs])
+        recs = [rec for *_, rec in songs]
+        context = int(opts.get("context", int(cfg.data.frames) // 4))
+        if decode == "official":  # the official protocol: 16 frames of true labels, temperature 1, 8 samples
+            runs = [summarize([score_song(rec, r.segments, r.downbeats) for rec, r in zip(recs, label_songs(
+                model, [s for _, s, _ in songs], int(cfg.data.frames), context=context, batch_size=bs,
+                temperature=1.0, seed=k, decode="sample", label_prompt=OFFICIAL_PROMPT))], recs)
+                for k in range(OFFICIAL_SAMPLES)]
+            out["sets"][name] = {k: (round(float(np.mean([r[k] for r in runs])), 4) if isinstance(v, float) else v)
+                                 for k, v in runs[0].items()}
+        else:
+            results = label_songs(model, [s for _, s, _ in songs], int(cfg.data.frames), context=context,
+                                  batch_size=bs, temperature=float(opts.get("temperature", 0.0)), decode=decode)
+            scores = [score_song(rec, r.segments, r.downbeats)
+                      for rec, r in zip(recs, metrics.progress_bar(results, len(songs), f"{name}: songs"))]
+            out["sets"][name] = summarize(scores, recs)
         print(f"{name}: " + "  ".join(f"{k} {v:.3f}" for k, v in out["sets"][name].items() if isinstance(v, float)))
     io.atomic_write(os.path.join(workdir, out_name), json.dumps(out, indent=2))
     print(f"wrote {os.path.join(workdir, out_name)}")
@@ -148,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="", help="--baselines: JSON file to write (default: print only)")
     ap.add_argument("--max_songs", type=int, default=0, help="songs per set, evenly spaced (0 = all)")
     ap.add_argument("--sets", default=",".join(SETS), help=f"comma list of {', '.join(SETS)}")
-    ap.add_argument("--decode", default=None, help="scored (default) | greedy | sample: how labels are decoded")
+    ap.add_argument("--decode", default=None, help="scored (default) | greedy | sample | official (16-frame true-label prompt, "
+                    "temperature 1, mean of 8 samples)")
     ap.add_argument("--out_name", default="eval.json", help="--workdir: file written inside the run directory")
     with cli.report_errors("m4mjax.analysis_eval"):
         args = ap.parse_args(argv)

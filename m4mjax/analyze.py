@@ -37,9 +37,11 @@ SHIPPED = Path(__file__).resolve().parents[1] / "pretrained" / "analysis"  # the
 
 @dataclasses.dataclass
 class Song:
-    """One piece to label: its music notes on the 16th-note grid and its length in frames."""
+    """One piece to label: its music notes on the 16th-note grid, its length in frames, and (held-out data only)
+    its true label notes."""
     notes: np.ndarray
     n_frames: int
+    labels: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -91,17 +93,21 @@ def window_starts(n_frames: int, frames: int, context: int) -> list[int]:
 
 
 def label_songs(model: nnx.Module, songs: Sequence[Song], frames: int, *, context: int = 0, batch_size: int = 8,
-                temperature: float = 0.0, seed: int = 0, decode: str = "scored", open_mode: str = "joint"
-                ) -> Iterator[Result]:
+                temperature: float = 0.0, seed: int = 0, decode: str = "scored", open_mode: str = "joint",
+                label_prompt: int = 0) -> Iterator[Result]:
     """Analyse ``songs`` (one Result per song, yielded in the given order). Songs are batched by length, so a
     batch's short songs do not wait idle through its longest one's windows. ``decode``: 'scored' (chords chosen
-    whole, ``m4mjax.chord_decode``; beats greedy), 'greedy' (argmax token by token) or 'sample' (``temperature``)."""
+    whole, ``m4mjax.chord_decode``; beats greedy), 'greedy' (argmax token by token) or 'sample' (``temperature``).
+    ``label_prompt`` > 0: each song's first that many frames of TRUE labels (``Song.labels``) are given as the
+    first window's target prompt and kept (the official evaluation protocol)."""
     if not 0 <= context < frames:
         raise cli.UserError(f"must be in [0, {frames}) (the run's window is {frames} frames)", f"--context={context}")
     if decode not in DECODES:
         raise cli.UserError(f"must be one of {', '.join(DECODES)}", f"--decode={decode}")
     if open_mode not in OPEN_MODES:
         raise cli.UserError(f"must be one of {', '.join(OPEN_MODES)}", f"--open={open_mode}")
+    if not 0 <= label_prompt < frames or (label_prompt and any(s.labels is None for s in songs)):
+        raise cli.UserError(f"must be in [0, {frames}) and needs songs with true labels", f"label_prompt={label_prompt}")
     L = int(model.cfg.max_frame_tokens)
     B = max(1, min(int(batch_size), 1 << max(len(songs) - 1, 0).bit_length()))  # few shapes: few compiles
     rng = jax.random.key(seed)
@@ -113,18 +119,22 @@ def label_songs(model: nnx.Module, songs: Sequence[Song], frames: int, *, contex
         group = [songs[i] for i in members]
         plans = [window_starts(s.n_frames, frames, context) for s in group]
         out = [np.full((max(s.n_frames, frames), L), tok.PAD, np.int32) for s in group]
-        known = [0] * len(group)  # frames of each song's target decided so far
+        known = [label_prompt] * len(group)  # frames of each song's target decided so far
+        if label_prompt:
+            for i, s in enumerate(group):
+                out[i][:label_prompt] = tok.notes_to_tokens(s.labels, 0, label_prompt, L, song_frames=s.n_frames,
+                                                            row_format=model.cfg.get("row_format", "eos"))
         for r in range(max(len(p) for p in plans)):
+            given = context if r else label_prompt  # target frames at the window's start that are already decided
             ref = np.full((B, frames, L), tok.PAD, np.int32)
-            prompt = np.full((B, context if r else 0, L), tok.PAD, np.int32)
+            prompt = np.full((B, given, L), tok.PAD, np.int32)
             live = [i for i, p in enumerate(plans) if r < len(p)]
             for i in live:
                 s, st = group[i], plans[i][r]
                 ref[i] = tok.notes_to_tokens(s.notes, st, frames, L, song_frames=s.n_frames,
                                              row_format=model.cfg.get("row_format", "eos"))
-                if r:
-                    prompt[i] = out[i][st:st + context]
-            gen = _sample(model, ref, prompt if r and context else None, frames - (context if r else 0),
+                prompt[i] = out[i][st:st + given]
+            gen = _sample(model, ref, prompt if given else None, frames - given,
                           jax.random.fold_in(rng, g * 100003 + r), temperature, decode, open_mode)
             for i in live:
                 st = plans[i][r]

@@ -8,6 +8,7 @@ import pathlib
 import shutil
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 import symusic
@@ -428,3 +429,51 @@ def test_an_exported_run_is_read_like_the_run_and_a_mismatch_is_one_line(runs, t
         analyze.main([str(tmp_path / "piece.mid"), f"--out={tmp_path / 'out2'}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no shipped analyser" in err[0]
+
+
+def test_label_prompt_gives_the_true_labels_of_the_first_frames_and_keeps_them(monkeypatch):
+    """The official protocol's prompt: the first window's target prompt is the song's own first P frames of true
+    labels, and they stay in the result; later windows get the usual context prompt."""
+    L = tok.MAX_FRAME_TOKENS
+    chords = labels.chord_track([(0, 16, "C:maj"), (16, 40, "A:min")], 40, [0, 16, 32])
+    song = analyze.Song(np.array([(0, 0, 60, 3, 80, 0)], np.int32), 40, chords)
+    seen = []
+
+    def sample(model, reference, prompt, n_frames, rng, temperature, decode="sample", open_mode="joint"):
+        seen.append((None if prompt is None else np.asarray(prompt).copy(), n_frames, decode, temperature))
+        f0 = 0 if prompt is None else prompt.shape[1]
+        out = np.full((reference.shape[0], f0 + n_frames, L), tok.PAD, np.int32)
+        out[:, :f0] = prompt if f0 else out[:, :0]
+        out[:, f0:, 0] = tok.EOS  # nothing decided beyond the prompt
+        return out
+
+    monkeypatch.setattr(analyze, "_sample", sample)
+    model = type("M", (), {"cfg": ml_collections.ConfigDict({"max_frame_tokens": L})})()
+    res = next(analyze.label_songs(model, [song], 16, context=4, batch_size=1, temperature=1.0, decode="sample",
+                                   label_prompt=6))
+    want = tok.notes_to_tokens(chords, 0, 6, L, song_frames=40)
+    np.testing.assert_array_equal(seen[0][0][0], want)
+    assert seen[0][1] == 10 and seen[0][2:] == ("sample", 1.0)
+    assert [s[1] for s in seen[1:]] == [12, 12]  # windows 12 and 24: 4 context frames each
+    assert res.segments[0] == (0, 16, "C:maj") and res.segments[1][2] == "N"
+
+
+def test_official_protocol_averages_eight_sampled_runs_with_a_true_label_prompt(runs, analysis_dir, monkeypatch):
+    truth = _truth_by_notes(analysis_dir)
+    calls = []
+
+    def alternate(model, songs, frames, **kw):  # even seeds: the truth; odd seeds: every chord 'X'
+        calls.append(kw)
+        for s in songs:
+            assert s.labels is not None and len(s.labels)
+            rec = truth[s.notes.tobytes()]
+            segs = [(a, b, lab if kw["seed"] % 2 == 0 else "X") for a, b, lab in rec["segments"]]
+            yield analyze.Result(segs, np.array(rec["downbeats"]), tok.empty_notes())
+
+    monkeypatch.setattr(analysis_eval, "label_songs", alternate)
+    res = analysis_eval.evaluate(str(runs["fa_self"]), sets=["synth_test"], decode="official", out_name="off.json")
+    assert [c["seed"] for c in calls] == list(range(8))
+    assert all(c["label_prompt"] == 16 and c["decode"] == "sample" and c["temperature"] == 1.0 for c in calls)
+    r = res["sets"]["synth_test"]
+    assert r["majmin"] == pytest.approx(0.5) and r["downbeat_f"] == pytest.approx(1.0) and r["songs"] == 3
+    assert res["decode"] == "official" and (runs["fa_self"] / "off.json").is_file()
