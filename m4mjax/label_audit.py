@@ -1,0 +1,97 @@
+"""python -m m4mjax.label_audit --workdir=W [--windows=32] — teacher-forced accuracy of an analysis run by token class.
+
+On ``windows`` validation windows spread over the split (``pipeline.make_dataset(..., spread=...)``), the argmax of
+the run's teacher-forced logits (``link_logits``) against the true label tokens, per class:
+
+* ``open``: at frames whose true row starts a chord, the first token is the chord instrument (a chord is opened);
+* ``no_open``: at frames whose true row does not, the first token is not the chord instrument;
+* ``chord_note``: pitch tokens of chord notes, exact (pitch and duration) given the true previous tokens;
+* ``chord_pc``: the same, pitch class only;
+* ``beat``: the beat track's drum pitch tokens; ``eos``: end-of-frame tokens after the first position;
+* ``chord_row``: whole chord rows (every token of the row argmax-right): what greedy decoding gets right.
+
+The learning-curve companion of the free-running scores (``analysis_eval``): a defect in decoding shows as good
+teacher-forced and bad free-running numbers; under-training as both low.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from m4mjax import tokenizer as tok
+from m4mjax.run import cli
+
+
+def class_stats(pred: np.ndarray, target: np.ndarray) -> dict[str, tuple[int, int]]:
+    """(right, total) per class for argmax predictions ``pred`` and true tokens ``target`` (both [..., L])."""
+    pred, target = np.asarray(pred).reshape(-1, target.shape[-1]), np.asarray(target).reshape(-1, target.shape[-1])
+    L = target.shape[-1]
+    ins_of = np.repeat(target[:, 0::2], 2, axis=-1)[:, :L]
+    pitch_slot = (np.arange(L) % 2 == 1)[None] & (target < tok.N_NORMAL_TOKENS) & (target >= tok.N_PITCHES)
+    chord_pd = pitch_slot & (ins_of == 0)
+    beat_pd = pitch_slot & (ins_of == tok.DRUM)
+    right = pred == target
+    opens = target[:, 0] == 0
+    first_ins = pred[:, 0] == 0
+    chord_rows = opens & np.all(np.where((ins_of == 0) | (np.arange(L)[None] == 0), right, True), -1)
+    pc = (pred % tok.N_PITCHES) % 12 == (target % tok.N_PITCHES) % 12
+    eos = (target == tok.EOS) & (np.arange(L) > 0)[None]
+    return {"open": (int((first_ins & opens).sum()), int(opens.sum())),
+            "no_open": (int((~first_ins & ~opens & (target[:, 0] != tok.PAD)).sum()),
+                        int((~opens & (target[:, 0] != tok.PAD)).sum())),
+            "chord_note": (int((right & chord_pd).sum()), int(chord_pd.sum())),
+            "chord_pc": (int((pc & chord_pd & (pred >= tok.N_PITCHES) & (pred < tok.N_NORMAL_TOKENS)).sum()),
+                         int(chord_pd.sum())),
+            "beat": (int((right & beat_pd).sum()), int(beat_pd.sum())),
+            "eos": (int((right & eos).sum()), int(eos.sum())),
+            "chord_row": (int(chord_rows.sum()), int(opens.sum()))}
+
+
+def audit(workdir: str, windows: int = 32) -> dict[str, float | int]:
+    """Teacher-forced accuracies of the run ``workdir`` on ``windows`` validation windows (module doc)."""
+    from flax import nnx
+
+    from m4mjax.analyze import load_run
+    from m4mjax.datasets import pipeline
+    from m4mjax.run import checkpoint
+
+    model, cfg = load_run(workdir)
+    data = cfg.data
+    data.batch_size = min(int(data.batch_size), windows)
+    it = pipeline.make_dataset(data, "valid", seed=0, spread=windows)
+    graphdef, state = nnx.split(model)
+    logits_of = jax.jit(lambda st, r, t: jnp.argmax(nnx.merge(graphdef, st).link_logits(r, t), -1))
+    totals: dict[str, list[int]] = {}
+    for batch in it:
+        keep = np.asarray(batch["mask"])
+        pred = np.asarray(logits_of(state, jnp.asarray(batch["reference"]), jnp.asarray(batch["target"])))
+        for k, (r, n) in class_stats(pred[keep], np.asarray(batch["target"])[keep]).items():
+            t = totals.setdefault(k, [0, 0])
+            t[0] += r
+            t[1] += n
+    out: dict[str, float | int] = {"step": checkpoint.latest_step(workdir) or 0}
+    for k, (r, n) in totals.items():
+        out[k] = round(r / max(n, 1), 4)
+        out[f"{k}_n"] = n
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = cli.ArgumentParser(prog="m4mjax.label_audit", description=__doc__.split("\n")[0])
+    ap.add_argument("--workdir", required=True, help="analysis run directory (or shipped model folder)")
+    ap.add_argument("--windows", type=int, default=32, help="validation windows, spread over the split")
+    with cli.report_errors("m4mjax.label_audit"):
+        args = ap.parse_args(argv)
+        if args.windows < 1:
+            raise cli.UserError("must be >= 1", f"--windows={args.windows}")
+        res = audit(args.workdir, args.windows)
+        json.dump(res, sys.stdout)
+        print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""Teacher-forced accuracy by token class (m4mjax.label_audit.class_stats), counted by hand."""
+import numpy as np
+
+from m4mjax import label_audit
+from m4mjax import tokenizer as tok
+
+d = lambda p, c: p + (c + 1) * 128  # noqa: E731
+
+
+def test_class_stats_counts_by_hand():
+    P, E, D = tok.PAD, tok.EOS, tok.DRUM
+    target = np.array([[0, d(36, 7), 0, d(48, 7), 0, d(52, 7), D, d(35, 0), E, P, P],  # a chord + a downbeat
+                       [D, d(42, 0), E, P, P, P, P, P, P, P, P],  # a hi-hat only
+                       [0, d(41, 7), 0, d(53, 7), E, P, P, P, P, P, P],  # another chord
+                       [P] * 11])  # a frame past the song's end
+    pred = target.copy()
+    pred[0, 3] = d(49, 7)  # one chord note wrong (pitch class wrong too)
+    pred[1, 0] = 0  # opens a chord where there is none
+    pred[2, 3] = d(53 + 12, 7)  # right pitch class, wrong register: exact wrong, class right
+    pred[0, 7] = d(42, 0)  # the downbeat missed
+    got = label_audit.class_stats(pred, target)
+    assert got["open"] == (2, 2) and got["no_open"] == (0, 1)
+    assert got["chord_note"] == (3, 5) and got["chord_pc"] == (4, 5)
+    assert got["beat"] == (1, 2) and got["eos"] == (3, 3)  # EOS at position > 0 in rows 0, 1 and 2
+    assert got["chord_row"] == (0, 2)  # both chord rows have a wrong note
