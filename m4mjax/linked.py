@@ -39,7 +39,7 @@ import ml_collections
 from flax import nnx
 
 from m4mjax import adapters as ad
-from m4mjax.layers import AdapterParam, LoRAParam, Stack, fold, param
+from m4mjax.layers import AdapterParam, LoRAParam, Stack, fold, layer_norm, param
 from m4mjax.model import M4MTransformer, lm_loss
 from m4mjax.run.cli import UserError
 
@@ -66,6 +66,9 @@ def link_config(kind: str = "fa_self") -> ml_collections.ConfigDict:
         mask_length=10,  # frames per masked span
         mask_stream="target",  # 'target' | 'reference' (the official task word 'lmask')
         adapter_scale=1.0,  # fa_cross: default multiplier on adapter outputs when sampling (guidance-like)
+        adapter_norm=False,  # fa_cross: normalise the adapter's inputs (parameter-free LayerNorm of the target's
+        # layer input and of the reference states), as a post-LN foundation hands them; for pre-LN foundations
+        # whose residual stream grows with depth (deviation from the official code, off = official)
         ref_stride=1, target_stride=1,  # fa_cross: absolute frame index = position * stride (time compression)
         train="full" if s2s else "link",  # 'link' = only LoRA/adapter/segment/mask variables | 'full' = all
         seq2seq=dict(SEQ2SEQ),  # seq2seq: the model sizes it uses instead of cfg.model's (encoder = decoder shape)
@@ -136,7 +139,16 @@ class LinkedModel(M4MTransformer):
             enc, _, _ = self.encoder(fr.astype(self.dtype), pos, None, key=key)
             return [a.project_kv(enc, idx) for a in self.adapters]
         _, ref_hiddens, _ = self.global_decode(self.global_inputs(fr), key=key)
-        return [a.project_kv(ref_hiddens[i * self.adapter_every], idx) for i, a in enumerate(self.adapters)]
+        return [a.project_kv(self._adapter_input(ref_hiddens[i * self.adapter_every]), idx)
+                for i, a in enumerate(self.adapters)]
+
+    def _adapter_input(self, h: jax.Array) -> jax.Array:
+        """An adapter's view of a residual-stream state: as is, or LayerNorm'd without parameters
+        (``link.adapter_norm``)."""
+        if not self.link.get("adapter_norm", False):
+            return h
+        E = h.shape[-1]
+        return layer_norm(h, jnp.ones((E,), jnp.float32), jnp.zeros((E,), jnp.float32), 1e-6)
 
     def cross_fn(self, kv: list[ad.KVPair], q_index: jax.Array, scale: jax.Array | float = 1.0,
                  key: jax.Array | None = None):
@@ -146,7 +158,8 @@ class LinkedModel(M4MTransformer):
         def cross(i: int, h: jax.Array) -> jax.Array:
             if i % every or i // every >= len(kv):
                 return jnp.zeros_like(h)
-            return self.adapters[i // every](h, q_index, kv[i // every], scale=scale, key=fold(key, 100 + i))
+            return self.adapters[i // every](self._adapter_input(h), q_index, kv[i // every], scale=scale,
+                                             key=fold(key, 100 + i))
 
         return cross
 

@@ -203,6 +203,25 @@ def test_adapters_read_each_layers_inputs(monkeypatch):
     assert np.abs(ref_h[2] - ref_h[1]).max() > 1e-3  # layers are distinguishable
 
 
+def test_adapter_norm_hands_the_adapters_layernormed_states(monkeypatch):
+    """link.adapter_norm: the adapters read each layer's input LayerNorm'd (no parameters), both streams; so
+    scaling a residual stream's state would not change what they see."""
+    m = linked.LinkedModel(tiny_cfg(layers=2), tiny_link("fa_cross", adapter_norm=True), rngs=nnx.Rngs(1))
+    seen_kv, seen_q = [], []
+    orig_kv, orig_call = ad.CrossAdapter.project_kv, ad.CrossAdapter.__call__
+    monkeypatch.setattr(ad.CrossAdapter, "project_kv", lambda s, h, i: (seen_kv.append(h), orig_kv(s, h, i))[1])
+    monkeypatch.setattr(ad.CrossAdapter, "__call__",
+                        lambda s, h, i, kv, **kw: (seen_q.append(h), orig_call(s, h, i, kv, **kw))[1])
+    ref, tgt = tokens(1, F1), tokens(2, F2)
+    m.link_forward(ref, tgt)
+    _, ref_h = M4MTransformer.__call__(m, ref, return_hidden=True)
+    _, tgt_h = M4MTransformer.__call__(m, tgt, return_hidden=True)
+    norm = lambda x: (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)  # noqa: E731
+    np.testing.assert_allclose(seen_kv[0], norm(np.asarray(ref_h[0])), atol=1e-4)
+    np.testing.assert_allclose(seen_q[0], norm(np.asarray(tgt_h[0])), atol=1e-4)
+    assert np.abs(np.asarray(seen_q[0]).std(-1) - 1).max() < 1e-3
+
+
 def test_cross_hook_under_remat():
     """With remat the adapters still see Python layer indices and give the same logits."""
     out = []
