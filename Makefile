@@ -4,8 +4,8 @@ PY      := .venv/bin/python
 WORK    ?= workdirs/demo
 APT_PKGS := fluidsynth libfluidsynth3 fluid-soundfont-gm timgm6mb-soundfont mma
 export XLA_FLAGS ?=
-# TF_CPP_MIN_LOG_LEVEL=1: no INFO logs; XLA's warnings, errors and fatal messages still show (3 hid errors).
-export TF_CPP_MIN_LOG_LEVEL ?= 1
+# TF_CPP_MIN_LOG_LEVEL=2: no INFO or WARNING logs; XLA's errors and fatal messages still show (3 hid errors).
+export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: demo test test-fast test-slow install data sps-demo clean-demo
 
@@ -50,7 +50,7 @@ demo: data
 # --capture=sys: C-level stderr (XLA's fatal messages) is not swallowed with a crashed worker's captured output.
 PYTEST := $(PY) -m pytest -q --timeout=600 --timeout-method=thread --capture=sys --durations=15
 test: .venv/.installed
-	$(PYTEST) -n 2 --dist loadfile --max-worker-restart=0
+	$(PYTEST) -n 2 --dist loadgroup --max-worker-restart=0
 
 test-fast: .venv/.installed  # the unit tier: no training runs, subprocesses or notebooks (tests/conftest.py)
 	$(PYTEST) -n 2 --max-worker-restart=0 -m 'not slow and not integration'

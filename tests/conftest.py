@@ -4,17 +4,20 @@
 - A persistent XLA compilation cache in .cache/jax (gitignored), shared by the xdist workers and the entry-point
   subprocesses (they inherit the environment): most of the suite's time is compiling the same :tiny programs,
   which each `train()` call re-jits. Size-capped, which also makes jax lock it across processes.
-- XLA logs at WARNING and above reach the output (TF_CPP_MIN_LOG_LEVEL=1: INFO stays quiet), so a fatal XLA
+- XLA logs at ERROR and above reach the output (TF_CPP_MIN_LOG_LEVEL=2: INFO and WARNING stay quiet), so a fatal XLA
   error is not a bare "Aborted".
 """
 import os
 import pathlib
+import subprocess
+
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".cache" / "jax"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
@@ -62,3 +65,55 @@ class _StopOnCrashedWorker:
         crashed = self.interrupted.get(report.node.gateway.id)
         if crashed:
             report.longrepr = f"interrupted: worker {crashed!r} crashed (see its report); {crashitem!r} did not finish"
+
+
+# --- tiers: `make test-fast` runs -m 'not slow and not integration' --------------------------------------------------
+# integration = trains, runs an entry point in a subprocess, or runs a notebook. A test is in it when it uses one of
+# these fixtures (each trains a run) or carries the mark; in the fast tier a test that spawns a process or trains
+# anyway fails, naming the mark, so the tier stays fast as tests are added.
+INTEGRATION_FIXTURES = {"sps_tiny_root", "ball_root", "runs", "run4", "m4m_runs"}
+_UNDO = pytest.StashKey()
+
+
+# --dist loadgroup (Makefile): the tests sharing an expensive module or session fixture run on one worker, which
+# builds it once; every other test goes to whichever worker is free (a slow file is no longer pinned to one).
+MODULE_GROUP_FIXTURES = INTEGRATION_FIXTURES | {"analysis_dir", "data_dir", "lm_workdir"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if INTEGRATION_FIXTURES & used:
+            item.add_marker(pytest.mark.integration)
+        if "sps_tiny_root" in used:
+            item.add_marker(pytest.mark.xdist_group("sps_tiny_root"))
+        elif MODULE_GROUP_FIXTURES & used:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+def _fast_tier(config) -> bool:
+    return "not integration" in (config.getoption("markexpr", "") or "")
+
+
+def pytest_runtest_setup(item):
+    if not _fast_tier(item.config) or item.get_closest_marker("integration"):
+        return
+
+    def refuse(what):
+        def fail(*args, **kwargs):
+            raise RuntimeError(f"{item.nodeid} {what} in the fast tier: mark it @pytest.mark.integration")
+        return fail
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(subprocess.Popen, "__init__", refuse("starts a process"))
+    for module in ("m4mjax.train", "symmetry.train"):
+        mp.setattr(f"{module}.train", refuse(f"trains ({module}.train)"))
+    item.stash[_UNDO] = mp
+
+
+def pytest_runtest_teardown(item, nextitem):
+    mp = item.stash.get(_UNDO, None)
+    if mp is not None:
+        mp.undo()
+
