@@ -13,8 +13,8 @@ write note sets no chord has. Here, at each frame:
    log p(the row ends there, i.e. the next token is not instrument 0). Candidates share prefixes, so the local
    decoder runs once per node of their prefix trie (``Trie``), a level per token position, batched over nodes.
 4. The frame opens the best candidate when ``joint``: its score beats log(1 - p_open) ("no chord"), else when
-   ``p_open >= 0.5`` (``open='greedy'``). Both skip the scoring when no row has p_open >= 0.5: no candidate can win
-   then (their probabilities sum to at most p_open).
+   ``p_open >= 0.5`` (``open='greedy'``). Both score only the rows with p_open >= 0.5: below it no candidate can win
+   (their probabilities sum to at most p_open), so the cost follows the chords, not the batch.
 5. The rest of the frame (the beat track and EOS) is decoded greedily after the chosen prefix, with instrument 0
    banned right after it (a chosen chord ends where it was scored to end; "no chord" means no chord note).
 
@@ -218,25 +218,35 @@ def choose(scores: Scores, open_mode: str = "joint") -> tuple[jax.Array, jax.Arr
     return opens, jnp.take_along_axis(scores.pitches, best[:, None, None], 1)[:, 0]
 
 
+SCORED_ROWS = 4  # rows scored at a time: only rows where a chord may open are scored, a chunk per loop turn
+
+
 def scored_frame(model, g: jax.Array, open_mode: str = "joint", basses: int = 4) -> jax.Array:
-    """Tokens [B, L] of one label frame per row of g [B, E], the chord chosen by ``score_rows`` (module doc)."""
+    """Tokens [B, L] of one label frame per row of g [B, E], the chord chosen by ``score_rows`` (module doc).
+
+    Only rows with p_open >= 0.5 can open a chord (step 4), so only they are scored, ``SCORED_ROWS`` at a time
+    (the likeliest first) until none is left: the cost follows the chords, not the batch size."""
     cfg = model.cfg
     B, L = g.shape[0], cfg.max_frame_tokens
+    R = min(B, SCORED_ROWS)
     max_notes = max(1, (L - 1) // 2)
     p_open = jax.nn.softmax(model.local_step(g.astype(model.dtype), 0, model.init_local_cache(B))[0], -1
                             )[:, CHORD_INSTRUMENT]
 
-    def scored(_):
-        sc = score_rows(model, g, max_notes, basses)
+    def body(c):
+        prefix, plen, todo = c
+        idx = jax.lax.top_k(jnp.where(todo, p_open, -1.0), R)[1]  # the next R rows still to score
+        live = todo[idx]
+        sc = score_rows(model, g[idx], max_notes, basses)
         opens, rows = choose(sc, open_mode)
         n = (rows >= 0).sum(-1)
         pd = rows + (sc.duration[:, None] + 1) * tok.N_PITCHES
-        inter = jnp.stack([jnp.full_like(pd, CHORD_INSTRUMENT), pd], -1).reshape(B, -1)[:, :L]
-        prefix = jnp.full((B, L), cfg.pad_id, jnp.int32).at[:, :inter.shape[1]].set(inter)
-        return prefix, jnp.where(opens, 2 * n, 0).astype(jnp.int32)
+        inter = jnp.stack([jnp.full_like(pd, CHORD_INSTRUMENT), pd], -1).reshape(R, -1)[:, :L]
+        new = jnp.full((R, L), cfg.pad_id, jnp.int32).at[:, :inter.shape[1]].set(inter)
+        prefix = prefix.at[idx].set(jnp.where(live[:, None], new, prefix[idx]))
+        plen = plen.at[idx].set(jnp.where(live & opens, 2 * n, plen[idx]).astype(jnp.int32))
+        return prefix, plen, todo.at[idx].set(False)
 
-    def none(_):
-        return jnp.full((B, L), cfg.pad_id, jnp.int32), jnp.zeros((B,), jnp.int32)
-
-    prefix, plen = jax.lax.cond(jnp.any(p_open >= 0.5), scored, none, None)
+    init = (jnp.full((B, L), cfg.pad_id, jnp.int32), jnp.zeros((B,), jnp.int32), p_open >= 0.5)
+    prefix, plen, _ = jax.lax.while_loop(lambda c: jnp.any(c[2]), body, init)
     return complete_frame(model, g, prefix, plen)
