@@ -111,7 +111,9 @@ def _run(command: str, args: list[str], capsys, monkeypatch) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command,argv,names", ROWS, ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(ROWS)])
+@pytest.mark.parametrize("command,argv,names", [
+    pytest.param(*row, marks=[pytest.mark.integration] if row[0] in SUBPROCESS else [])
+    for row in ROWS], ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(ROWS)])
 def test_user_error_is_one_line(inputs: Path, command: str, argv: list[str], names: str, capsys, monkeypatch):
     before = _listing(inputs)
     args = [a.replace("{t}", str(inputs)) for a in argv]
@@ -125,6 +127,7 @@ def test_user_error_is_one_line(inputs: Path, command: str, argv: list[str], nam
     assert _listing(inputs) == before, "a failed command created or removed files"
 
 
+@pytest.mark.integration
 def test_debug_shows_the_traceback(inputs: Path):
     """--debug and M4MJAX_DEBUG=1 show where a user error came from (sweep: no jax import, fast)."""
     cmd = [sys.executable, "-m", "experiments.sweep", str(inputs / "nope.py")]
@@ -133,6 +136,7 @@ def test_debug_shows_the_traceback(inputs: Path):
         assert r.returncode != 0 and "Traceback" in r.stderr and "UserError: no such experiment file" in r.stderr
 
 
+@pytest.mark.integration
 def test_a_bug_keeps_its_traceback(capsys):
     """Only UserError is shortened: any other exception (a bug) propagates with its traceback."""
     from m4mjax.run import cli

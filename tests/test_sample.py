@@ -205,6 +205,7 @@ def test_sampled_file_without_prompt_is_120_qpm_4_4(tmp_path):
 
 
 @pytest.mark.slow  # trains a :tiny run (~1 min on 2 busy cores); the writer itself is tested above
+@pytest.mark.integration
 def test_sample_command_writes_playable_midi(tmp_path):
     """`python -m m4mjax.sample --prompt=...` on a trained :tiny run: the prompt's tempo and metre, the file
     ends at prompt + sampled frames, no note outlasts its duration class."""

@@ -24,6 +24,7 @@ def _losses(workdir) -> dict[int, float]:
     return {r["step"]: r["train/loss"] for r in metrics.read_metrics(str(workdir)) if "train/loss" in r}
 
 
+@pytest.mark.integration
 def test_one_vs_eight_devices_same_loss(prepared_dir, tmp_path):
     """Same data, same init: 3 steps on 1 device and on a 2x2x2 mesh agree to 1e-4 (f32, dropout off)."""
     runs = {}
@@ -82,6 +83,7 @@ def _cmd(prepared, workdir, *extra):
             "--config.train.eval_every=0", *extra]
 
 
+@pytest.mark.integration
 def test_resume_after_kill_matches_uninterrupted(prepared_dir, tmp_path):
     """kill -9 mid-run, re-run the same command: it resumes at the checkpointed step and data position,
     and ends with the same losses as an uninterrupted run."""
@@ -109,12 +111,14 @@ def test_resume_after_kill_matches_uninterrupted(prepared_dir, tmp_path):
     assert logged == list(range(1, 61))  # rows logged between the checkpoint and the kill are not doubled
 
 
+@pytest.mark.integration
 def test_config_typo_names_the_key(prepared_dir, tmp_path):
     r = subprocess.run(_cmd(prepared_dir, tmp_path / "t", "--config.trian.steps=1"), cwd=REPO,
                        capture_output=True, text=True, env=dict(os.environ, XLA_FLAGS=""))
     assert r.returncode != 0 and "trian" in r.stderr
 
 
+@pytest.mark.integration
 def test_evaluate_and_sample_entry_points(prepared_dir, tmp_path):
     from m4mjax import evaluate
 
