@@ -41,6 +41,12 @@ demo: data
 	$(PY) -m m4mjax.train --config=experiments/m4m/lm_pretrain.py:demo --workdir=$(WORK)
 	$(PY) -m m4mjax.evaluate --workdir=$(WORK)
 	$(PY) -m m4mjax.sample --workdir=$(WORK) --out=$(WORK)/sample.mid
+	@if [ -f pretrained/analysis/config.json ]; then \
+	  $(PY) -m m4mjax.analyze examples/analysis_example.mid --out=$(WORK)/analysed && \
+	  echo "shipped analyser on examples/analysis_example.mid: first chords (start end label, seconds)" && \
+	  head -8 $(WORK)/analysed/analysis_example.lab && echo "first downbeats (seconds)" && \
+	  head -4 $(WORK)/analysed/analysis_example.beats; \
+	else echo "(no shipped analyser yet: pretrained/analysis, see docs/RESULTS.md; analyze with --workdir=RUN)"; fi
 	@echo; echo "demo outputs:"; echo "  run dir      $(WORK)  (config.json, metrics.jsonl, checkpoints/, tb/)"; \
 	echo "  evaluation   $(WORK)/eval.json"; echo "  sampled MIDI $(WORK)/sample.mid"
 
