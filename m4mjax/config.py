@@ -24,6 +24,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.data.dir = "data/tfds"            # TFDS data_dir, or the `m4mjax.prepare --out` folder for 'prepared'
     c.data.max_frame_tokens = c.model.get_ref("max_frame_tokens")  # tokens per frame row (L), follows the model
     c.data.row_format = c.model.get_ref("row_format")  # EOS always / only in short rows, follows the model
+    c.data.target_frame_tokens = 0      # two-stream tasks: the target stream's L (0 = max_frame_tokens); shorter
+                                        # rows cost less (label rows need 2 x notes + 1; longer rows drop notes)
     c.data.sampling = "song"            # training windows: 'song' (one per song per epoch) | 'length' (per song length)
     c.data.drop_short = True            # drop songs shorter than a window (as the paper); else pad them
     c.data.reference = ""               # two-stream tasks: reference stream selector ('drums', 'track:0', ...)

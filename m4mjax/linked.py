@@ -40,7 +40,7 @@ from flax import nnx
 
 from m4mjax import adapters as ad
 from m4mjax.layers import AdapterParam, LoRAParam, Stack, fold, layer_norm, param
-from m4mjax.model import M4MTransformer, lm_loss
+from m4mjax.model import M4MTransformer
 from m4mjax.run.cli import UserError
 
 KINDS = ("fa_self", "fa_cross", "seq2seq")
@@ -191,11 +191,17 @@ class LinkedModel(M4MTransformer):
         g, hiddens, _ = self.global_decode(self.global_inputs(ft), cross=cross, key=fold(key, 4))
         return g, tok_emb, hiddens
 
+    def link_hidden(self, reference: jax.Array, target: jax.Array, *, key: jax.Array | None = None,
+                    scale: jax.Array | float = 1.0) -> jax.Array:
+        """Target local-decoder outputs [B,F2,L,E] given the reference (teacher forcing; dropout + masking iff
+        ``key``)."""
+        g, tok_emb, _ = self.link_forward(reference, target, key=key, scale=scale)
+        return self.local_hidden(g, tok_emb, fold(key, 7))
+
     def link_logits(self, reference: jax.Array, target: jax.Array, *, key: jax.Array | None = None,
                     scale: jax.Array | float = 1.0) -> jax.Array:
         """Target logits [B,F2,L,V] given the reference (teacher forcing; dropout + masking iff ``key``)."""
-        g, tok_emb, _ = self.link_forward(reference, target, key=key, scale=scale)
-        return self.local_decode(g, tok_emb, fold(key, 7))
+        return self.logits(self.link_hidden(reference, target, key=key, scale=scale))
 
 
 # --- task interface -----------------------------------------------------------------------------------
@@ -228,13 +234,13 @@ def loss_fn(model: LinkedModel, batch: dict, key: jax.Array | None = None) -> tu
     """Token cross-entropy on the target stream only (PAD ignored); aux as ``model.lm_loss``. In training (a key
     given) tokens weigh ``link.loss_weights`` by class (``label_token_weights``; all 1 = the official plain mean);
     held-out loss (no key) is always the plain token mean, so runs with different weights compare."""
-    logits = model.link_logits(batch["reference"], batch["target"], key=key)
+    h = model.link_hidden(batch["reference"], batch["target"], key=key)
     lw = model.link.get("loss_weights", None) or {}
     weights = None
     if key is not None and any(float(lw.get(c, 1.0)) != 1.0 for c in LOSS_CLASSES):
         weights = label_token_weights(batch["target"], {c: float(lw.get(c, 1.0)) for c in LOSS_CLASSES},
                                       eos=model.cfg.eos_id)
-    return lm_loss(logits, batch["target"], model.cfg.pad_id, weights)
+    return model.token_loss(h, batch["target"], weights)
 
 
 def trainable(cfg: ml_collections.ConfigDict):

@@ -11,6 +11,8 @@ As in the official code the local encoder does not mask PAD keys (set ``local_pa
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -58,6 +60,9 @@ def model_config(size: int = 1) -> ml_collections.ConfigDict:
         lora_dropout=0.1,  # dropout on the LoRA input
         lora_scope="all",  # 'all' = every query/value (official peft name match, 36 at size 1) | 'global'
         segment_embedding=False,  # FA_self: learned [2, head_dim] table added to the global rotary table
+        head_capacity=0.0,  # training/eval loss: 0 = vocabulary head on every token slot (official); f in (0, 1] =
+        # head + cross-entropy only on the real (non-PAD) slots, up to f x F x L per row (exact: a batch with a
+        # fuller row falls back to the dense head). Most slots are PAD, and the head is the costliest layer
     ))
 
 
@@ -153,14 +158,27 @@ class M4MTransformer(nnx.Module):
         dt = self.dtype
         return (h.astype(dt) @ self.head[...].astype(dt) + self.head_b[...].astype(dt)).astype(jnp.float32)
 
-    def local_decode(self, g: jax.Array, tok_emb: jax.Array, key: jax.Array | None = None) -> jax.Array:
-        """g [B,F,E] global outputs, tok_emb [B,F,L,E] -> logits [B,F,L,V] (teacher forcing)."""
+    def local_hidden(self, g: jax.Array, tok_emb: jax.Array, key: jax.Array | None = None) -> jax.Array:
+        """g [B,F,E] global outputs, tok_emb [B,F,L,E] -> local-decoder outputs [B,F,L,E] (teacher forcing)."""
         B, F, L, E = tok_emb.shape
         x = jnp.concatenate([g.reshape(B * F, 1, E).astype(self.dtype), tok_emb.reshape(B * F, L, E)[:, 1:]], 1)
         x = constrain(x, "batch", "seq", "embed")
         pos = jnp.broadcast_to(jnp.arange(L), (B * F, L))
         h, _, _ = self.local_decoder(x, pos, causal_mask(L), key=key)
-        return self.logits(h).reshape(B, F, L, -1)
+        return h.reshape(B, F, L, E)
+
+    def local_decode(self, g: jax.Array, tok_emb: jax.Array, key: jax.Array | None = None) -> jax.Array:
+        """g [B,F,E] global outputs, tok_emb [B,F,L,E] -> logits [B,F,L,V] (teacher forcing)."""
+        return self.logits(self.local_hidden(g, tok_emb, key))
+
+    def token_loss(self, h: jax.Array, targets: jax.Array, weights: jax.Array | None = None
+                   ) -> tuple[jax.Array, dict]:
+        """``lm_loss`` of the head on local-decoder outputs h [B,F,L,E] against targets [B,F,L]; with
+        ``model.head_capacity`` the head runs only on real slots (``sparse_head_loss``)."""
+        cap = float(self.cfg.get("head_capacity", 0.0))
+        if cap <= 0:
+            return lm_loss(self.logits(h), targets, self.cfg.pad_id, weights)
+        return sparse_head_loss(self.logits, h, targets, self.cfg.pad_id, weights, cap)
 
     def __call__(self, tokens: jax.Array, *, positions: jax.Array | None = None,
                  segment_ids: jax.Array | None = None, attn_mask: jax.Array | None = None,
@@ -170,11 +188,19 @@ class M4MTransformer(nnx.Module):
 
         positions/segment_ids/attn_mask index the global decoder's input sequence (position t holds frame
         t-1 and predicts frame t). With ``return_hidden`` also returns each global layer's input."""
+        h, hiddens = self.hidden(tokens, positions=positions, segment_ids=segment_ids, attn_mask=attn_mask,
+                                 cross=cross, key=key)
+        logits = self.logits(h)
+        return (logits, hiddens) if return_hidden else logits
+
+    def hidden(self, tokens: jax.Array, *, positions: jax.Array | None = None,
+               segment_ids: jax.Array | None = None, attn_mask: jax.Array | None = None,
+               cross: Cross | None = None, key: jax.Array | None = None) -> tuple[jax.Array, list[jax.Array]]:
+        """``__call__`` without the head: (local-decoder outputs [B,F,L,E], each global layer's input)."""
         frames, tok_emb = self.local_encode(tokens, fold(key, 0))
         g, hiddens, _ = self.global_decode(self.global_inputs(frames), positions, segment_ids=segment_ids,
                                            attn_mask=attn_mask, cross=cross, key=fold(key, 1))
-        logits = self.local_decode(g, tok_emb, fold(key, 2))
-        return (logits, hiddens) if return_hidden else logits
+        return self.local_hidden(g, tok_emb, fold(key, 2)), hiddens
 
     # --- incremental decoding -----------------------------------------------------------------------
     def init_global_cache(self, batch: int, length: int) -> list[KV]:
@@ -214,9 +240,38 @@ def lm_loss(logits: jax.Array, targets: jax.Array, pad_id: int,
     return total / denom, dict(tokens=n, accuracy=correct / denom, loss_sum=total)
 
 
+def sparse_head_loss(head, h: jax.Array, targets: jax.Array, pad_id: int, weights: jax.Array | None,
+                     capacity: float) -> tuple[jax.Array, dict]:
+    """``lm_loss(head(h), targets, pad_id, weights)`` computing ``head`` (outputs [..., E] -> logits [..., V])
+    only on each row's real (non-PAD) slots: per batch row, the first ``ceil(capacity x F x L)`` real slots are
+    gathered (order kept) and scored; if any row has more, the whole batch takes the dense path instead (both
+    paths are compiled, ``lax.cond`` picks one), so the result never depends on the capacity."""
+    B = targets.shape[0]
+    E = h.shape[-1]
+    t = targets.reshape(B, -1)
+    n_slots = t.shape[1]
+    C = min(max(int(math.ceil(capacity * n_slots)), 1), n_slots)
+    real = t != pad_id
+    w = None if weights is None else weights.reshape(B, -1)
+
+    def sparse(_):
+        idx = jax.vmap(lambda r: jnp.nonzero(r, size=C, fill_value=0)[0])(real)  # [B, C]
+        take = jax.vmap(lambda x, i: jnp.take(x, i, axis=0))
+        valid = jnp.arange(C)[None, :] < real.sum(1, keepdims=True)
+        tt = jnp.where(valid, take(t, idx), pad_id)
+        return lm_loss(head(take(h.reshape(B, n_slots, E), idx)), tt, pad_id, None if w is None else take(w, idx))
+
+    def dense(_):
+        return lm_loss(head(h), targets, pad_id, weights)
+
+    if C == n_slots:
+        return dense(None)
+    return jax.lax.cond(real.sum(1).max() <= C, sparse, dense, None)
+
+
 def loss_fn(model: M4MTransformer, tokens: jax.Array, key: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """Pretraining objective on tokens [B,F,L]: next-frame token cross-entropy (PAD ignored)."""
-    return lm_loss(model(tokens, key=key), tokens, model.cfg.pad_id)
+    return model.token_loss(model.hidden(tokens, key=key)[0], tokens)
 
 
 def count_params(cfg: ml_collections.ConfigDict, kind=nnx.Param) -> int:

@@ -98,7 +98,8 @@ def _dry_run(s: steps_lib.Setup, step_fn) -> dict:
     ``--device_memory``."""
     cfg = s.cfg
     L = cfg.model.max_frame_tokens
-    batch = {k: jax.ShapeDtypeStruct((cfg.data.batch_size, cfg.data.frames, L), jnp.int32,
+    rows = {"target": int(cfg.data.get("target_frame_tokens", 0)) or L}
+    batch = {k: jax.ShapeDtypeStruct((cfg.data.batch_size, cfg.data.frames, rows.get(k, L)), jnp.int32,
                                      sharding=mesh_lib.named_sharding(s.mesh, ("batch", None, None)))
              for k in s.task.streams}  # 'tokens', or 'reference' + 'target' for the linked tasks
     rest = s.abstract[2]

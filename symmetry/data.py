@@ -21,6 +21,7 @@ The first build renders and writes `{data.dir}/sps_audio/{split}_{hash}/`; later
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -212,9 +213,17 @@ def _cached(builder_name: str, cfg: Any, split: str, name: str, settings: dict, 
               file_format="array_record")
     builder = cls(**kw)
     if not builder.is_prepared():
-        builder = cls(arrays=make(), **kw)
-        builder.download_and_prepare(file_format="array_record")
-        logging.info("wrote SPS cache %s", builder.data_dir)
+        # one writer per cache entry: processes sharing data.dir (test workers, vmapped-seed launches) wait here,
+        # then read what the first one wrote (TFDS's own rename fails when the folder appears meanwhile)
+        lock_dir = os.path.join(kw["data_dir"], ".locks")
+        os.makedirs(lock_dir, exist_ok=True)
+        with open(os.path.join(lock_dir, f"{builder_name}-{name}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            builder = cls(**kw)
+            if not builder.is_prepared():
+                builder = cls(arrays=make(), **kw)
+                builder.download_and_prepare(file_format="array_record")
+                logging.info("wrote SPS cache %s", builder.data_dir)
     source = builder.as_data_source()[split]
     rows = sorted((source[i] for i in range(len(source))), key=lambda r: int(r["index"]))
     return {k: np.stack([np.asarray(r[k]) for r in rows]).astype(dtype) for k, (_, dtype) in features.items()}

@@ -1,9 +1,12 @@
 """Test setup, before jax is imported anywhere, and the session fixtures several files share.
 
 - 8 fake CPU devices, for the sharding tests; the tiny configs run on one (m4m_fixtures.tiny_config).
-- A persistent XLA compilation cache in .cache/jax (gitignored), shared by the xdist workers and the entry-point
-  subprocesses (they inherit the environment): most of the suite's time is compiling the same :tiny programs,
-  which each `train()` call re-jits. Size-capped, which also makes jax lock it across processes.
+- Compiling is most of the suite's time (hundreds of tiny eager-op programs per test, and the :tiny train steps
+  that each `train()` call and entry-point subprocess re-jits), so: XLA's backend at -O0 (compiles ~1.5x faster;
+  the tiny programs run no slower to matter), and a persistent compilation cache in .cache/jax (gitignored) for
+  programs that take >= 1 s to compile, shared by the xdist workers and the subprocesses (they inherit the
+  environment). Not size-capped: with a cap jax rescans every entry under a lock on each write, which made the
+  suite ~10x slower as the cache grew.
 - XLA logs at ERROR and above reach the output (TF_CPP_MIN_LOG_LEVEL=2: INFO and WARNING stay quiet), so a fatal XLA
   error is not a bare "Aborted".
 """
@@ -15,12 +18,14 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_backend_optimization_level" not in _flags:  # set it in XLA_FLAGS to test optimised code
+    _flags += " --xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".cache" / "jax"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
 # Session fixtures: defined once here, so each test process builds them once however many files use them.
 from m4m_fixtures import prepared_dir  # noqa: E402,F401  (the prepared :tiny MIDI dataset)

@@ -163,7 +163,8 @@ def _window(cfg_data: Any, song: dict[str, Any], start: int, shift: int) -> dict
     ref, tgt = cfg_data.get("reference", ""), cfg_data.get("target", "")
     if ref and tgt:
         out["reference"] = tok.notes_to_tokens(select_stream(notes, ref), start, f, length, **rows)
-        out["target"] = tok.notes_to_tokens(select_stream(notes, tgt), start, f, length, **rows)
+        out["target"] = tok.notes_to_tokens(select_stream(notes, tgt), start, f,
+                                            int(cfg_data.get("target_frame_tokens", 0)) or length, **rows)
     out["mask"] = np.bool_(True)
     return out
 
