@@ -48,11 +48,14 @@ KINDS = ("fa_self", "fa_cross", "seq2seq")
 SEQ2SEQ = dict(width=256, layers=3, heads=4, ffn=512, local_layers=2, local_heads=4, local_ffn=512)
 
 
+OFFICIAL_LORA = {"fa_self": (64, 128.0), "fa_cross": (16, 32.0), "seq2seq": (0, 0.0)}  # (rank, alpha) per kind (spec §4)
+
+
 def link_config(kind: str = "fa_self") -> ml_collections.ConfigDict:
     """The ``link`` section of a function-alignment experiment config (official defaults per kind)."""
     if kind not in KINDS:
         raise UserError(f"link kind must be one of {KINDS}, got {kind!r}", "config.link.kind")
-    rank, alpha = {"fa_self": (64, 128.0), "fa_cross": (16, 32.0), "seq2seq": (0, 0.0)}[kind]
+    rank, alpha = OFFICIAL_LORA[kind]
     s2s = kind == "seq2seq"
     return ml_collections.ConfigDict(dict(
         kind=kind,  # 'fa_self' (one pass) | 'fa_cross' (two passes + adapters) | 'seq2seq' (from-scratch baseline)
@@ -75,6 +78,18 @@ def link_config(kind: str = "fa_self") -> ml_collections.ConfigDict:
         # training-loss weight per target token class (label_token_weights; all 1 = official plain token mean)
         loss_weights=dict(open=1.0, chord=1.0, beat=1.0, eos=1.0),
     ))
+
+
+def resolve_link(link: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of ``cfg.link`` with ``lora_rank``/``lora_alpha`` of 0 replaced by the kind's official values, so
+    ``--config.link.kind=fa_cross`` alone switches the link with its own LoRA size (idempotent)."""
+    out = ml_collections.ConfigDict(link.to_dict())
+    rank, alpha = OFFICIAL_LORA.get(out.kind, (out.lora_rank, out.lora_alpha))
+    if not out.lora_rank:
+        out.lora_rank = rank
+    if not out.lora_alpha and rank:
+        out.lora_alpha = float(alpha) * out.lora_rank / rank  # the official alpha/rank ratio (2)
+    return out
 
 
 def _check(link) -> None:

@@ -56,18 +56,15 @@ def _lm_loss(model: nnx.Module, batch: dict, key: jax.Array | None) -> tuple[jax
 
 
 # --- function alignment ------------------------------------------------------------------------------
-OFFICIAL_LORA = {"fa_self": (64, 128.0), "fa_cross": (16, 32.0), "seq2seq": (0, 0.0)}  # (rank, alpha) per link kind (spec §4)
+def resolved(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``cfg`` with every value its task derives filled in (a link's LoRA rank/alpha from its kind), so the
+    ``config.json`` a run writes says what was trained; idempotent."""
+    if "link" not in cfg:
+        return cfg
+    from m4mjax import linked
 
-
-def resolve_link(link: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A copy of ``cfg.link`` with ``lora_rank``/``lora_alpha`` of 0 replaced by the kind's official values, so
-    ``--config.link.kind=fa_cross`` alone switches the link with its own LoRA size."""
-    out = ml_collections.ConfigDict(link.to_dict())
-    rank, alpha = OFFICIAL_LORA.get(out.kind, (out.lora_rank, out.lora_alpha))
-    if not out.lora_rank:
-        out.lora_rank = rank
-    if not out.lora_alpha and rank:
-        out.lora_alpha = float(alpha) * out.lora_rank / rank  # the official alpha/rank ratio (2)
+    out = ml_collections.ConfigDict(cfg.to_dict())
+    out.link = linked.resolve_link(cfg.link)
     return out
 
 
@@ -81,7 +78,7 @@ def _linked_build(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
 
         raise UserError("seq2seq is the from-scratch baseline: its shapes are not the foundation's "
                         "(set --config.init_from=)", "config.init_from")
-    return linked.LinkedModel(cfg.model, resolve_link(cfg.link), rngs=rngs)
+    return linked.LinkedModel(cfg.model, linked.resolve_link(cfg.link), rngs=rngs)
 
 
 def _linked_loss(model: nnx.Module, batch: dict, key: jax.Array | None) -> tuple[jax.Array, dict]:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import flags
 
-from m4mjax import steps as steps_lib
+from m4mjax import steps as steps_lib, tasks as tasks_lib
 from m4mjax.datasets import pipeline
 from m4mjax.run import checkpoint, cli, data as data_lib, loop, mesh as mesh_lib, metrics as metrics_lib
 
@@ -30,6 +30,7 @@ def flops_per_frame(cfg: ml_collections.ConfigDict) -> float:
 # --- the run -------------------------------------------------------------------------------------
 def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -> dict:
     """Train (or resume) the run (cfg, workdir); returns the last logged metrics row."""
+    cfg = tasks_lib.resolved(cfg)  # config.json records derived values (a link's LoRA rank) as trained
     mesh = mesh_lib.make_mesh(cfg.mesh)
     with mesh_lib.use_mesh(mesh):
         s = steps_lib.Setup(cfg, mesh)

@@ -126,6 +126,23 @@ def test_training_changes_only_the_link(runs, lm_workdir, analysis_dir, kind):
     assert kind != "fa_self" or any("segment" in k for k in changed), changed
     rows = [json.loads(x) for x in (runs[kind] / "metrics.jsonl").read_text().splitlines()]
     assert np.isfinite([r["train/loss"] for r in rows if "train/loss" in r]).all()
+    # config.json says the LoRA rank that was trained (the shape of every lora_b)
+    rank = json.loads((runs[kind] / "config.json").read_text())["link"]["lora_rank"]
+    assert {v.shape[1] for k, v in trained.items() if k.endswith("lora_b")} == {rank}  # [q|v, rank, heads, hd]
+
+
+def test_a_run_config_is_resolved_before_it_is_written():
+    """``--config.link.kind=fa_cross`` leaves lora_rank 0 (= the kind's official size); the config a run records
+    must hold the size itself (train calls tasks.resolved before writing config.json)."""
+    from experiments.sweep import load_experiment
+
+    for kind, want in (("fa_self", (64, 128.0)), ("fa_cross", (16, 32.0))):
+        cfg = load_experiment(str(REPO / "experiments/m4m/analysis.py")).get_config("small")
+        cfg.link.kind = kind
+        assert cfg.link.lora_rank == 0
+        got = tasks.resolved(cfg)
+        assert (got.link.lora_rank, got.link.lora_alpha) == want
+        assert tasks.resolved(got).to_dict() == got.to_dict()
 
 
 def test_a_linked_run_resumes_with_its_link_weights(runs, lm_workdir, analysis_dir, tmp_path, capsys):
@@ -201,10 +218,11 @@ def test_resolve_link_follows_the_kind():
     for kind, (r, a) in {"fa_self": (64, 128.0), "fa_cross": (16, 32.0)}.items():
         lk = linked.link_config(kind)
         lk.lora_rank, lk.lora_alpha = 0, 0.0
-        got = tasks.resolve_link(lk)
+        got = linked.resolve_link(lk)
         assert (got.lora_rank, got.lora_alpha) == (r, a)
+        assert linked.resolve_link(got) == got  # idempotent
     lk.lora_rank = 8
-    assert tasks.resolve_link(lk).lora_alpha == 16.0
+    assert linked.resolve_link(lk).lora_alpha == 16.0
 
 
 # -------------------------------------------------------------------------------------- data plumbing
