@@ -2,6 +2,7 @@
 shared by the m4m entry-point tests."""
 from __future__ import annotations
 
+import os
 import pathlib
 
 import numpy as np
@@ -9,6 +10,13 @@ import pytest
 import symusic
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def one_device_env() -> dict[str, str]:
+    """The environment for an entry-point subprocess: the test session's XLA flags (conftest.py) without the 8 fake
+    devices, so the command runs as a user's would, on one CPU device."""
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
+    return dict(os.environ, XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu")
 
 
 def write_song(path: pathlib.Path, rng: np.random.Generator, n_frames: int = 200) -> None:

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from m4m_fixtures import REPO, tiny_config
+from m4m_fixtures import REPO, one_device_env, tiny_config
 from m4mjax.run import metrics
 
 
@@ -80,7 +80,7 @@ def test_damaged_final_checkpoint_is_one_line_for_readers(run4, tmp_path, comman
     _truncate_biggest(wd / "checkpoints" / "4")
     extra = [f"--out={tmp_path}/s.mid", "--n_frames=2", "--prompt_frames=4"] if command == "m4mjax.sample" else []
     r = subprocess.run([sys.executable, "-m", command, f"--workdir={wd}", *extra], cwd=REPO, capture_output=True,
-                       text=True, env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"), timeout=600)
+                       text=True, env=one_device_env(), timeout=600)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2, r.stderr[-3000:]
     assert len(lines) == 1, r.stderr[-3000:]

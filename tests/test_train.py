@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from m4m_fixtures import REPO, tiny_config
+from m4m_fixtures import REPO, one_device_env, tiny_config
 from m4mjax import steps as steps_lib, train as train_lib
 from m4mjax.run import checkpoint, cli, mesh as mesh_lib, metrics
 
@@ -88,7 +88,7 @@ def test_resume_after_kill_matches_uninterrupted(prepared_dir, tmp_path):
     """kill -9 mid-run, re-run the same command: it resumes at the checkpointed step and data position,
     and ends with the same losses as an uninterrupted run."""
     extra = ("--config.train.steps=60", "--config.train.ckpt_every=5")
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    env = one_device_env()
     ref = tmp_path / "ref"
     subprocess.run(_cmd(prepared_dir, ref, *extra), cwd=REPO, env=env, check=True, capture_output=True)
     wd = tmp_path / "killed"
@@ -114,7 +114,7 @@ def test_resume_after_kill_matches_uninterrupted(prepared_dir, tmp_path):
 @pytest.mark.integration
 def test_config_typo_names_the_key(prepared_dir, tmp_path):
     r = subprocess.run(_cmd(prepared_dir, tmp_path / "t", "--config.trian.steps=1"), cwd=REPO,
-                       capture_output=True, text=True, env=dict(os.environ, XLA_FLAGS=""))
+                       capture_output=True, text=True, env=one_device_env())
     assert r.returncode != 0 and "trian" in r.stderr
 
 
@@ -139,7 +139,7 @@ def test_evaluate_and_sample_entry_points(prepared_dir, tmp_path):
         evaluate.evaluate(str(wd), ("test",), data_name=str(tmp_path / "nowhere"))
     r = subprocess.run([sys.executable, "-m", "m4mjax.sample", f"--workdir={wd}", f"--out={wd}/s.mid",
                         "--n_frames=4", "--prompt_frames=8", "--num_samples=2"], cwd=REPO, capture_output=True,
-                       text=True, env=dict(os.environ, XLA_FLAGS=""))
+                       text=True, env=one_device_env())
     assert r.returncode == 0, r.stderr[-2000:]
     assert (wd / "s.mid").exists() and (wd / "s_1.mid").exists()
 
