@@ -11,7 +11,9 @@ the run's teacher-forced logits (``link_logits``) against the true label tokens,
 * ``chord_row``: whole chord rows (every token of the row argmax-right): what greedy decoding gets right.
 
 The learning-curve companion of the free-running scores (``analysis_eval``): a defect in decoding shows as good
-teacher-forced and bad free-running numbers; under-training as both low.
+teacher-forced and bad free-running numbers; under-training as both low. ``--reference=other`` (each window read
+with another window's music: the batch rolled by one) or ``empty`` (no notes) is the reference ablation: classes
+whose accuracy does not drop are predicted from the labels' own context, not from the music.
 """
 from __future__ import annotations
 
@@ -51,8 +53,26 @@ def class_stats(pred: np.ndarray, target: np.ndarray) -> dict[str, tuple[int, in
             "chord_row": (int(chord_rows.sum()), int(opens.sum()))}
 
 
-def audit(workdir: str, windows: int = 32) -> dict[str, float | int]:
-    """Teacher-forced accuracies of the run ``workdir`` on ``windows`` validation windows (module doc)."""
+REFERENCES = ("true", "other", "empty")
+
+
+def ablate(reference: np.ndarray, mode: str) -> np.ndarray:
+    """The reference rows [B, F, L] a window is read with: its own ('true'), the next window's ('other': rolled by
+    one along the batch), or none ('empty': every frame an EOS-only row, as a silent song tokenises)."""
+    if mode == "true":
+        return reference
+    if mode == "other":
+        return np.roll(reference, 1, axis=0)
+    if mode == "empty":
+        out = np.full_like(reference, tok.PAD)
+        out[..., 0] = np.where(reference[..., 0] == tok.PAD, tok.PAD, tok.EOS)  # frames past a song's end stay PAD
+        return out
+    raise cli.UserError(f"must be one of {REFERENCES}", f"--reference={mode}")
+
+
+def audit(workdir: str, windows: int = 32, reference: str = "true") -> dict[str, float | int]:
+    """Teacher-forced accuracies of the run ``workdir`` on ``windows`` validation windows (module doc), the music
+    read as ``reference`` says (``ablate``)."""
     from flax import nnx
 
     from m4mjax.analyze import load_run
@@ -68,12 +88,13 @@ def audit(workdir: str, windows: int = 32) -> dict[str, float | int]:
     totals: dict[str, list[int]] = {}
     for batch in it:
         keep = np.asarray(batch["mask"])
-        pred = np.asarray(logits_of(state, jnp.asarray(batch["reference"]), jnp.asarray(batch["target"])))
+        ref = ablate(np.asarray(batch["reference"]), reference)
+        pred = np.asarray(logits_of(state, jnp.asarray(ref), jnp.asarray(batch["target"])))
         for k, (r, n) in class_stats(pred[keep], np.asarray(batch["target"])[keep]).items():
             t = totals.setdefault(k, [0, 0])
             t[0] += r
             t[1] += n
-    out: dict[str, float | int] = {"step": checkpoint.latest_step(workdir) or 0}
+    out: dict[str, float | int] = {"step": checkpoint.latest_step(workdir) or 0, "reference": reference}
     for k, (r, n) in totals.items():
         out[k] = round(r / max(n, 1), 4)
         out[f"{k}_n"] = n
@@ -84,11 +105,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = cli.ArgumentParser(prog="m4mjax.label_audit", description=__doc__.split("\n")[0])
     ap.add_argument("--workdir", required=True, help="analysis run directory (or shipped model folder)")
     ap.add_argument("--windows", type=int, default=32, help="validation windows, spread over the split")
+    ap.add_argument("--reference", default="true", choices=REFERENCES,
+                    help="the music each window is read with: its own, another window's, or none (ablation)")
     with cli.report_errors("m4mjax.label_audit"):
         args = ap.parse_args(argv)
         if args.windows < 1:
             raise cli.UserError("must be >= 1", f"--windows={args.windows}")
-        res = audit(args.workdir, args.windows)
+        res = audit(args.workdir, args.windows, args.reference)
         json.dump(res, sys.stdout)
         print()
 
