@@ -1,5 +1,6 @@
 """Teacher-forced accuracy by token class (m4mjax.label_audit.class_stats), counted by hand."""
 import numpy as np
+import pytest
 
 from m4mjax import label_audit
 from m4mjax import tokenizer as tok
@@ -23,3 +24,20 @@ def test_class_stats_counts_by_hand():
     assert got["chord_note"] == (3, 5) and got["chord_pc"] == (4, 5)
     assert got["beat"] == (1, 2) and got["eos"] == (3, 3)  # EOS at position > 0 in rows 0, 1 and 2
     assert got["chord_row"] == (0, 2)  # both chord rows have a wrong note
+
+
+def test_reference_ablation_rows():
+    """'other' reads window b with window b-1's music; 'empty' with EOS-only rows (PAD past a song's end)."""
+    from m4mjax import tokenizer as tok
+    from m4mjax.label_audit import ablate
+    from m4mjax.run.cli import UserError
+
+    P, E = tok.PAD, tok.EOS
+    ref = np.array([[[5, 200, E, P], [E, P, P, P]],
+                    [[7, 300, 9, 400], [P, P, P, P]]], np.int32)  # window 1's second frame is past its song's end
+    np.testing.assert_array_equal(ablate(ref, "true"), ref)
+    np.testing.assert_array_equal(ablate(ref, "other")[0], ref[1])
+    np.testing.assert_array_equal(ablate(ref, "other")[1], ref[0])
+    np.testing.assert_array_equal(ablate(ref, "empty"), [[[E, P, P, P], [E, P, P, P]], [[E, P, P, P], [P, P, P, P]]])
+    with pytest.raises(UserError):
+        ablate(ref, "shuffled")
