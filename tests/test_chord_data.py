@@ -41,6 +41,7 @@ def test_piece_params_are_deterministic_and_varied():
 
 
 @needs_mma
+@pytest.mark.integration  # runs an external program (mma / fluidsynth / the compiler)
 def test_mma_song_labels_and_chord_track_equal_the_chart(tmp_path):
     item = {"key": "synth/test", "group": "synth/mma", "out": str(tmp_path), "index": 0}
     (song,) = chords_synth.synth_song(item, CHART)
@@ -68,6 +69,7 @@ def _encode(label: str) -> tuple:
 
 
 @needs_mma
+@pytest.mark.integration  # runs an external program (mma / fluidsynth / the compiler)
 def test_build_records_decode_to_labels_and_split_is_recorded_and_deterministic(tmp_path):
     for d in ("a", "b"):
         chords.build(tmp_path / d, n_synth=3, seed=5, workers=1, groups=("synth",), progress=False)

@@ -6,8 +6,9 @@ import pytest
 
 from symmetry import audio, data, metrics
 
-pytestmark = pytest.mark.skipif(not __import__("os").path.isfile(audio.FLUID_R3),
-                                reason="FluidR3_GM soundfont not installed (Debian fluid-soundfont-gm)")
+pytestmark = [pytest.mark.skipif(not __import__("os").path.isfile(audio.FLUID_R3),
+                                 reason="FluidR3_GM soundfont not installed (Debian fluid-soundfont-gm)"),
+              pytest.mark.integration]  # renders audio with fluidsynth (which looks itself up with ldconfig)
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,7 @@ def test_linear_projection_mse():
 
 
 @pytest.mark.skipif(not __import__("os").path.isfile(audio.FLUID_R3), reason="FluidR3_GM not installed")
+@pytest.mark.integration  # runs an external program (mma / fluidsynth / the compiler)
 def test_synthesis_r2_true_features():
     renderer = audio.NoteRenderer()
 

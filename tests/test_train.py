@@ -39,6 +39,7 @@ def test_one_vs_eight_devices_same_loss(prepared_dir, tmp_path):
     assert runs["one"][3] < runs["one"][1]  # it learns
 
 
+@pytest.mark.integration  # train(dry_run=True)
 def test_large_parameters_are_sharded_and_dry_run(prepared_dir, tmp_path, capsys):
     cfg = tiny_config(prepared_dir)
     cfg.mesh.update(data=1, fsdp=4, tensor=2)
