@@ -1,4 +1,5 @@
-"""python -m m4mjax.label_audit --workdir=W [--windows=32] — teacher-forced accuracy of an analysis run by token class.
+"""python -m m4mjax.label_audit --workdir=W [--windows=32] — teacher-forced accuracy of an analysis run by token class
+(``--data=train|valid``: the data audit, ``data_audit``).
 
 On ``windows`` validation windows spread over the split (``pipeline.make_dataset(..., spread=...)``), the argmax of
 the run's teacher-forced logits (``link_logits``) against the true label tokens, per class:
@@ -13,7 +14,9 @@ the run's teacher-forced logits (``link_logits``) against the true label tokens,
 The learning-curve companion of the free-running scores (``analysis_eval``): a defect in decoding shows as good
 teacher-forced and bad free-running numbers; under-training as both low. ``--reference=other`` (each window read
 with another window's music: the batch rolled by one) or ``empty`` (no notes) is the reference ablation: classes
-whose accuracy does not drop are predicted from the labels' own context, not from the music.
+whose accuracy does not drop are predicted from the labels' own context, not from the music. ``--target=masked``
+hides the whole label past (every target frame's embedding replaced by the learned mask embedding, as span masking
+does in training; the tokens inside a frame stay teacher-forced): what the model reads from the music alone.
 """
 from __future__ import annotations
 
@@ -54,6 +57,7 @@ def class_stats(pred: np.ndarray, target: np.ndarray) -> dict[str, tuple[int, in
 
 
 REFERENCES = ("true", "other", "empty")
+TARGETS = ("true", "masked")
 
 
 def ablate(reference: np.ndarray, mode: str) -> np.ndarray:
@@ -70,9 +74,56 @@ def ablate(reference: np.ndarray, mode: str) -> np.ndarray:
     raise cli.UserError(f"must be one of {REFERENCES}", f"--reference={mode}")
 
 
-def audit(workdir: str, windows: int = 32, reference: str = "true") -> dict[str, float | int]:
+def chord_support(reference: np.ndarray, target: np.ndarray) -> tuple[int, int]:
+    """(sounding, total) over the chord notes of the label rows ``target`` [F, L]: how many of each chord's pitch
+    classes some pitched (non-drum) note of the music rows ``reference`` [F, L] sounds while the chord lasts (a note
+    sounds from its frame for its duration class's frames). The data audit: on aligned windows most chord tones
+    sound in the music; on misaligned ones (a transform that moved one stream and not the other) few do."""
+    F = reference.shape[0]
+    music = tok.tokens_to_notes(reference)
+    sounding = np.zeros((F + 1, 12), np.int32)  # difference array over frames, per pitch class
+    music = music[music[:, tok.INSTRUMENT] != tok.DRUM]
+    ends = np.minimum(music[:, tok.FRAME] + tok.DURATION_FRAMES[music[:, tok.DURATION]], F)
+    np.add.at(sounding, (music[:, tok.FRAME], music[:, tok.PITCH] % 12), 1)
+    np.add.at(sounding, (ends, music[:, tok.PITCH] % 12), -1)
+    on = np.cumsum(sounding, 0)[:F] > 0
+    labels = tok.tokens_to_notes(target)
+    chords = labels[labels[:, tok.INSTRUMENT] == 0]
+    hit = total = 0
+    for f in np.unique(chords[:, tok.FRAME]):
+        row = chords[chords[:, tok.FRAME] == f]
+        span = on[f:f + int(tok.DURATION_FRAMES[row[:, tok.DURATION].max()])].any(0)
+        pcs = np.unique(row[:, tok.PITCH] % 12)
+        hit, total = hit + int(span[pcs].sum()), total + len(pcs)
+    return hit, total
+
+
+def data_audit(cfg_data, split: str, windows: int = 64, seed: int = 0) -> dict[str, float]:
+    """``chord_support`` of ``windows`` windows of ``split`` as the training pipeline makes them (the train split
+    with its random windows and transpositions), each label track against its own music and against the next
+    window's: the round trip of both streams through every transform."""
+    from m4mjax.datasets import pipeline
+
+    it = pipeline.make_dataset(cfg_data, split, seed=seed, spread=windows if split != "train" else 0)
+    got, seen = {"own": [0, 0], "other": [0, 0]}, 0
+    for batch in it:
+        ref, tgt = np.asarray(batch["reference"]), np.asarray(batch["target"])
+        for i in range(len(ref)):
+            for name, j in (("own", i), ("other", (i + 1) % len(ref))):
+                h, n = chord_support(ref[j], tgt[i])
+                got[name][0] += h
+                got[name][1] += n
+        seen += len(ref)
+        if seen >= windows:
+            break
+    return {k: round(h / max(n, 1), 4) for k, (h, n) in got.items()} | {"chord_tones": got["own"][1], "windows": seen}
+
+
+def audit(workdir: str, windows: int = 32, reference: str = "true", target: str = "true") -> dict[str, float | int]:
     """Teacher-forced accuracies of the run ``workdir`` on ``windows`` validation windows (module doc), the music
-    read as ``reference`` says (``ablate``)."""
+    read as ``reference`` says (``ablate``), the label past seen (``target='true'``) or hidden (``'masked'``)."""
+    if target not in TARGETS:
+        raise cli.UserError(f"must be one of {TARGETS}", f"--target={target}")
     from flax import nnx
 
     from m4mjax.analyze import load_run
@@ -84,7 +135,9 @@ def audit(workdir: str, windows: int = 32, reference: str = "true") -> dict[str,
     data.batch_size = min(int(data.batch_size), windows)
     it = pipeline.make_dataset(data, "valid", seed=0, spread=windows)
     graphdef, state = nnx.split(model)
-    logits_of = jax.jit(lambda st, r, t: jnp.argmax(nnx.merge(graphdef, st).link_logits(r, t), -1))
+    hide = target == "masked"
+    logits_of = jax.jit(lambda st, r, t: jnp.argmax(nnx.merge(graphdef, st).link_logits(
+        r, t, target_mask=jnp.ones(t.shape[:2], bool) if hide else None), -1))
     totals: dict[str, list[int]] = {}
     for batch in it:
         keep = np.asarray(batch["mask"])
@@ -94,7 +147,8 @@ def audit(workdir: str, windows: int = 32, reference: str = "true") -> dict[str,
             t = totals.setdefault(k, [0, 0])
             t[0] += r
             t[1] += n
-    out: dict[str, float | int] = {"step": checkpoint.latest_step(workdir) or 0, "reference": reference}
+    out: dict[str, float | int] = {"step": checkpoint.latest_step(workdir) or 0, "reference": reference,
+                                   "target": target}
     for k, (r, n) in totals.items():
         out[k] = round(r / max(n, 1), 4)
         out[f"{k}_n"] = n
@@ -107,11 +161,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--windows", type=int, default=32, help="validation windows, spread over the split")
     ap.add_argument("--reference", default="true", choices=REFERENCES,
                     help="the music each window is read with: its own, another window's, or none (ablation)")
+    ap.add_argument("--target", default="true", choices=TARGETS,
+                    help="the label past: seen (teacher forcing) or every frame masked (the music alone)")
+    ap.add_argument("--data", default="", choices=("", "train", "valid"),
+                    help="instead: the data audit (chord tones sounding in the music, own vs another window's) of "
+                         "this split as the run's pipeline makes it; no model is loaded")
     with cli.report_errors("m4mjax.label_audit"):
         args = ap.parse_args(argv)
         if args.windows < 1:
             raise cli.UserError("must be >= 1", f"--windows={args.windows}")
-        res = audit(args.workdir, args.windows, args.reference)
+        if args.data:
+            res = data_audit(cli.load_config(args.workdir).data, args.data, args.windows)
+        else:
+            res = audit(args.workdir, args.windows, args.reference, args.target)
         json.dump(res, sys.stdout)
         print()
 

@@ -131,9 +131,13 @@ class LinkedModel(M4MTransformer):
 
     # --- pieces shared by training and sampling --------------------------------------------------------
     def frame_embeddings(self, tokens: jax.Array, stream: str, key: jax.Array | None = None,
-                         mask_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-        """Local encoder + span masking of ``stream`` ('reference'|'target') when ``mask_key`` is given."""
+                         mask_key: jax.Array | None = None, mask: jax.Array | None = None
+                         ) -> tuple[jax.Array, jax.Array]:
+        """Local encoder + span masking of ``stream`` ('reference'|'target') when ``mask_key`` is given; ``mask``
+        (bool [B,F]) masks those frames as well, deterministically (audits: what the model reads without them)."""
         frames, tok_emb = self.local_encode(tokens, key)
+        if mask is not None:
+            frames = ad.apply_mask(frames, mask, self.mask_embed[...])
         lk = self.link
         if mask_key is not None and lk.mask_prob > 0 and lk.mask_stream == stream:
             B, F = frames.shape[:2]
@@ -187,12 +191,14 @@ class LinkedModel(M4MTransformer):
 
     # --- training forward ------------------------------------------------------------------------------
     def link_forward(self, reference: jax.Array, target: jax.Array, *, key: jax.Array | None = None,
-                     scale: jax.Array | float = 1.0) -> tuple[jax.Array, jax.Array, list[jax.Array]]:
-        """(target global outputs g [B,F2,E], target token embeddings [B,F2,L,E], target-pass layer inputs)."""
+                     scale: jax.Array | float = 1.0, target_mask: jax.Array | None = None
+                     ) -> tuple[jax.Array, jax.Array, list[jax.Array]]:
+        """(target global outputs g [B,F2,E], target token embeddings [B,F2,L,E], target-pass layer inputs);
+        ``target_mask`` (bool [B,F2]): target frames whose embedding is replaced by the mask embedding."""
         B, F1, _ = reference.shape
         F2 = target.shape[1]
         fr, _ = self.frame_embeddings(reference, "reference", fold(key, 0), fold(key, 2))
-        ft, tok_emb = self.frame_embeddings(target, "target", fold(key, 1), fold(key, 3))
+        ft, tok_emb = self.frame_embeddings(target, "target", fold(key, 1), fold(key, 3), target_mask)
         if self.link.kind == "fa_self":
             sos = jnp.broadcast_to(self.global_sos[...].astype(fr.dtype), (B, 1, fr.shape[-1]))
             h = jnp.concatenate([sos, fr, ft[:, :-1]], axis=1)
@@ -207,16 +213,16 @@ class LinkedModel(M4MTransformer):
         return g, tok_emb, hiddens
 
     def link_hidden(self, reference: jax.Array, target: jax.Array, *, key: jax.Array | None = None,
-                    scale: jax.Array | float = 1.0) -> jax.Array:
+                    scale: jax.Array | float = 1.0, target_mask: jax.Array | None = None) -> jax.Array:
         """Target local-decoder outputs [B,F2,L,E] given the reference (teacher forcing; dropout + masking iff
-        ``key``)."""
-        g, tok_emb, _ = self.link_forward(reference, target, key=key, scale=scale)
+        ``key``; ``target_mask`` as in ``link_forward``)."""
+        g, tok_emb, _ = self.link_forward(reference, target, key=key, scale=scale, target_mask=target_mask)
         return self.local_hidden(g, tok_emb, fold(key, 7))
 
     def link_logits(self, reference: jax.Array, target: jax.Array, *, key: jax.Array | None = None,
-                    scale: jax.Array | float = 1.0) -> jax.Array:
+                    scale: jax.Array | float = 1.0, target_mask: jax.Array | None = None) -> jax.Array:
         """Target logits [B,F2,L,V] given the reference (teacher forcing; dropout + masking iff ``key``)."""
-        return self.logits(self.link_hidden(reference, target, key=key, scale=scale))
+        return self.logits(self.link_hidden(reference, target, key=key, scale=scale, target_mask=target_mask))
 
 
 # --- task interface -----------------------------------------------------------------------------------

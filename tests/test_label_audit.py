@@ -41,3 +41,22 @@ def test_reference_ablation_rows():
     np.testing.assert_array_equal(ablate(ref, "empty"), [[[E, P, P, P], [E, P, P, P]], [[E, P, P, P], [P, P, P, P]]])
     with pytest.raises(UserError):
         ablate(ref, "shuffled")
+
+
+def test_chord_support_counts_sounding_chord_tones_by_hand():
+    """C major (C E G) for 8 frames from frame 0, A minor (A C E) from frame 8. The music: a C held frames 0-3,
+    an E at frame 6 for 2 frames, a drum B (pitch 47 = B, ignored) at frame 0, an A at frame 12, and a G at frame 8
+    (after the C chord ends). C chord: C, E sound, G does not (2 of 3); A minor: A, and nothing else (1 of 3)."""
+    L, P, E, D = 9, tok.PAD, tok.EOS, tok.DRUM
+    ref = np.full((16, L), P, np.int32)
+    ref[:, 0] = E
+    ref[0, :5] = [0, d(60, 3), D, d(47, 0), E]  # C4 for 4 frames (class 3 = 4 frames), a drum
+    ref[6, :3] = [0, d(64, 1), E]  # E4 for 2 frames
+    ref[8, :3] = [0, d(67, 0), E]  # G4, inside the A minor chord
+    ref[12, :3] = [0, d(57, 0), E]  # A3
+    tgt = np.full((16, L), P, np.int32)
+    tgt[:, 0] = E
+    tgt[0, :7] = [0, d(36, 5), 0, d(52, 5), 0, d(55, 5), E]  # C E G, 8 frames (class 5)
+    tgt[8, :7] = [0, d(45, 5), 0, d(48, 5), 0, d(52, 5), E]  # A C E
+    assert tok.DURATION_FRAMES[3] == 4 and tok.DURATION_FRAMES[5] == 8 and tok.DURATION_FRAMES[1] == 2
+    assert label_audit.chord_support(ref, tgt) == (3, 6)

@@ -430,3 +430,22 @@ def test_masked_reference_is_invisible():
     f = nnx.jit(lambda m, r, t, k: m.link_logits(r, t, key=k))
     np.testing.assert_allclose(f(m, tokens(1, F1), tgt, key), f(m, tokens(4, F1), tgt, key), atol=1e-5)
     assert np.abs(link_logits(m, tokens(1, F1), tgt) - link_logits(m, tokens(4, F1), tgt)).max() > 1e-3
+
+
+def test_target_mask_hides_the_label_past_as_training_masking_does():
+    """``target_mask`` all True (label_audit --target=masked): the first token of frame j no longer depends on the
+    label frames before it (only the music and the mask embedding reach the global pass), and it equals what a
+    training pass whose span mask covers the whole target computes (dropout off); without the mask it depends."""
+    lk = tiny_link("fa_self", mask_prob=1.0, mask_length=F2, lora_dropout=0.0)
+    m = linked.LinkedModel(tiny_cfg(dropout=0.0), lk, rngs=nnx.Rngs(1))
+    randomize(m, LoRAParam, 12)
+    ref, t1, t2 = tokens(1, F1), tokens(2, F2), tokens(5, F2)
+    t2 = np.asarray(t2).copy()
+    t2[:, -1] = np.asarray(t1)[:, -1]  # the last frame's own tokens equal; every earlier frame differs
+    hide = jnp.ones((B, F2), bool)
+    masked = nnx.jit(lambda m, r, t: m.link_logits(r, t, target_mask=hide))
+    a, b = np.asarray(masked(m, ref, t1)), np.asarray(masked(m, ref, jnp.asarray(t2)))
+    np.testing.assert_allclose(a[:, -1], b[:, -1], atol=1e-5)
+    assert np.abs(link_logits(m, ref, t1)[:, -1] - link_logits(m, ref, jnp.asarray(t2))[:, -1]).max() > 1e-3
+    trained = nnx.jit(lambda m, r, t, k: m.link_logits(r, t, key=k))(m, ref, t1, jax.random.key(0))
+    np.testing.assert_allclose(a, trained, atol=1e-5)
