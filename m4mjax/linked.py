@@ -23,6 +23,8 @@
   terms, so both cross-attending models share one sampler.
 * Span masking (all kinds; the seq2seq default is off, as the official forward never masks): frame embeddings of ``mask_stream`` (out of the local encoder, before the global
   SOS shift) are replaced by a learned mask embedding, only when a dropout key is given (training).
+* ``reference_sounding`` (all kinds; deviation, off = official): the pitches sounding at each reference frame
+  (``sounding_pitches``, held notes included) enter its frame embedding through a zero-initialised projection.
 
 The linked model IS an ``M4MTransformer`` (subclass, nothing overridden), so every foundation parameter keeps
 its path and ``--config.init_from=<LM workdir>`` merges the LM weights by path; the LoRA/adapter/segment/
@@ -39,6 +41,7 @@ import ml_collections
 from flax import nnx
 
 from m4mjax import adapters as ad
+from m4mjax import tokenizer as tok
 from m4mjax.layers import AdapterParam, LoRAParam, Stack, fold, layer_norm, param
 from m4mjax.model import M4MTransformer
 from m4mjax.run.cli import UserError
@@ -77,6 +80,10 @@ def link_config(kind: str = "fa_self") -> ml_collections.ConfigDict:
         seq2seq=dict(SEQ2SEQ),  # seq2seq: the model sizes it uses instead of cfg.model's (encoder = decoder shape)
         # training-loss weight per target token class (label_token_weights; all 1 = official plain token mean)
         loss_weights=dict(open=1.0, chord=1.0, beat=1.0, eos=1.0),
+        # deviation (off = official): add to each reference frame's embedding a learned projection (zero-initialised)
+        # of the pitches SOUNDING at that frame (``sounding_pitches``), so what is heard now, held notes included,
+        # is one linear read away instead of an attention search over earlier onsets and their durations
+        reference_sounding=False,
     ))
 
 
@@ -103,6 +110,27 @@ def _check(link) -> None:
             raise UserError(f"must be {want}, got {link[name]!r}", f"config.link.{name}")
 
 
+N_SOUNDING = 128  # MIDI pitches
+
+
+def sounding_pitches(tokens: jax.Array) -> jax.Array:
+    """Bool [B, F, 128]: the pitches of pitched (non-drum) notes sounding at each frame of token rows [B, F, L]: a
+    note sounds from its onset frame for its duration class's frames (``tokenizer.DURATION_FRAMES``), clipped to the
+    window; notes that began before the window are unknown to it (as to the model)."""
+    B, F, L = tokens.shape
+    ins, pd = tokens[..., 0:L - 1:2], tokens[..., 1:L:2]
+    ok = (ins >= 0) & (ins < tok.N_PITCHES) & (ins != tok.DRUM) & (pd >= tok.N_PITCHES) & (
+        pd < tok.N_PITCHES * (tok.N_DURATIONS + 1))
+    pitch = jnp.where(ok, pd % tok.N_PITCHES, 0)
+    length = jnp.asarray(tok.DURATION_FRAMES)[jnp.clip(pd // tok.N_PITCHES - 1, 0, tok.N_DURATIONS - 1)]
+    start = jnp.broadcast_to(jnp.arange(F)[None, :, None], ok.shape)
+    end = jnp.minimum(start + length, F)
+    b = jnp.broadcast_to(jnp.arange(B)[:, None, None], ok.shape)
+    w = ok.astype(jnp.int32)
+    delta = jnp.zeros((B, F + 1, N_SOUNDING), jnp.int32).at[b, start, pitch].add(w).at[b, end, pitch].add(-w)
+    return jnp.cumsum(delta, axis=1)[:, :F] > 0
+
+
 class LinkedModel(M4MTransformer):
     """The foundation LM (same parameter paths) plus the link's variables; see the module docstring."""
 
@@ -118,6 +146,9 @@ class LinkedModel(M4MTransformer):
         self.link = ml_collections.FrozenConfigDict(link)
         E, pdt = mcfg.width, jnp.dtype(mcfg.param_dtype)
         self.mask_embed = param(rngs, nnx.initializers.normal(0.1), (E,), ("embed",), pdt, kind=AdapterParam)
+        if link.get("reference_sounding", False):
+            self.sounding_embed = param(rngs, nnx.initializers.zeros, (N_SOUNDING, E), (None, "embed"), pdt,
+                                        kind=AdapterParam)
         if link.kind != "fa_self":
             every, width, heads = (1, E, mcfg.heads) if s2s else (link.adapter_every, link.adapter_width, link.adapter_heads)
             self.adapters = nnx.List([
@@ -136,6 +167,9 @@ class LinkedModel(M4MTransformer):
         """Local encoder + span masking of ``stream`` ('reference'|'target') when ``mask_key`` is given; ``mask``
         (bool [B,F]) masks those frames as well, deterministically (audits: what the model reads without them)."""
         frames, tok_emb = self.local_encode(tokens, key)
+        if stream == "reference" and self.link.get("reference_sounding", False):
+            on = sounding_pitches(tokens).astype(self.sounding_embed[...].dtype)
+            frames = frames + (on @ self.sounding_embed[...]).astype(frames.dtype)
         if mask is not None:
             frames = ad.apply_mask(frames, mask, self.mask_embed[...])
         lk = self.link
