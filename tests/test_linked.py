@@ -449,3 +449,33 @@ def test_target_mask_hides_the_label_past_as_training_masking_does():
     assert np.abs(link_logits(m, ref, t1)[:, -1] - link_logits(m, ref, jnp.asarray(t2))[:, -1]).max() > 1e-3
     trained = nnx.jit(lambda m, r, t, k: m.link_logits(r, t, key=k))(m, ref, t1, jax.random.key(0))
     np.testing.assert_allclose(a, trained, atol=1e-5)
+
+
+def test_sounding_pitches_by_hand():
+    """Frame 0: C4 (60) for 4 frames (duration class 3) and a drum 36 (never sounds); frame 2: E4 for 1 frame;
+    frame 3: G4 for 8 frames (class 5), clipped at the window's 6 frames."""
+    d = lambda p, c: p + (c + 1) * 128  # noqa: E731
+    P, E = 3329, 3328
+    rows = np.full((1, 6, 7), P, np.int32)
+    rows[0, :, 0] = E
+    rows[0, 0, :5] = [0, d(60, 3), 127, d(36, 0), E]
+    rows[0, 2, :3] = [5, d(64, 0), E]
+    rows[0, 3, :3] = [0, d(67, 5), E]
+    want = np.zeros((1, 6, 128), bool)
+    want[0, 0:4, 60] = True
+    want[0, 2, 64] = True
+    want[0, 3:6, 67] = True
+    np.testing.assert_array_equal(linked.sounding_pitches(jnp.asarray(rows)), want)
+
+
+def test_reference_sounding_is_identity_at_init_and_then_reads_the_sounding_pitches():
+    """The switch adds a zero-initialised link variable: at init the logits equal the model without it (same
+    seed), once it is non-zero they change with the reference's sounding pitches; it is trained with the link."""
+    off = linked.LinkedModel(tiny_cfg(dropout=0.0), tiny_link("fa_self"), rngs=nnx.Rngs(1))
+    on = linked.LinkedModel(tiny_cfg(dropout=0.0), tiny_link("fa_self", reference_sounding=True), rngs=nnx.Rngs(1))
+    ref, tgt = tokens(1, F1), tokens(2, F2)
+    nnx.update(on, nnx.state(off, nnx.Param))  # every shared variable equal; sounding_embed stays zero
+    np.testing.assert_allclose(link_logits(on, ref, tgt), link_logits(off, ref, tgt), atol=1e-6)
+    assert on.sounding_embed.shape == (128, 32) and isinstance(on.sounding_embed, AdapterParam)
+    on.sounding_embed[...] = jax.random.normal(jax.random.key(0), (128, 32))
+    assert np.abs(link_logits(on, ref, tgt) - link_logits(off, ref, tgt)).max() > 1e-3
