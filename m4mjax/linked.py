@@ -84,6 +84,11 @@ def link_config(kind: str = "fa_self") -> ml_collections.ConfigDict:
         # of the pitches SOUNDING at that frame (``sounding_pitches``), so what is heard now, held notes included,
         # is one linear read away instead of an attention search over earlier onsets and their durations
         reference_sounding=False,
+        # deviation (off = official): add to the global input that predicts target frame j a zero-initialised
+        # projection of the pitches sounding in the REFERENCE at frame j (time-aligned streams, strides 1): the
+        # music under the frame being predicted, with no attention to learn first (a from-scratch CPU model does
+        # not learn FA_self's alignment in 1,000 steps: docs/RESULTS.md, issue 23)
+        target_sounding=False,
     ))
 
 
@@ -105,6 +110,9 @@ def _check(link) -> None:
               ("mask_prob", 0.0 <= link.mask_prob <= 1.0, "in [0, 1]"), ("adapter_every", link.adapter_every >= 1, ">= 1")]
     if link.kind == "seq2seq":
         checks.append(("train", link.train == "full", "'full' for seq2seq (a from-scratch baseline)"))
+    if link.get("target_sounding", False):
+        checks.append(("target_sounding", link.ref_stride == link.target_stride,
+                       "off when ref_stride != target_stride (it adds reference frame j to target frame j)"))
     for name, ok, want in checks:
         if not ok:
             raise UserError(f"must be {want}, got {link[name]!r}", f"config.link.{name}")
@@ -149,6 +157,9 @@ class LinkedModel(M4MTransformer):
         if link.get("reference_sounding", False):
             self.sounding_embed = param(rngs, nnx.initializers.zeros, (N_SOUNDING, E), (None, "embed"), pdt,
                                         kind=AdapterParam)
+        if link.get("target_sounding", False):
+            self.target_sounding_embed = param(rngs, nnx.initializers.zeros, (N_SOUNDING, E), (None, "embed"), pdt,
+                                               kind=AdapterParam)
         if link.kind != "fa_self":
             every, width, heads = (1, E, mcfg.heads) if s2s else (link.adapter_every, link.adapter_width, link.adapter_heads)
             self.adapters = nnx.List([
@@ -178,6 +189,16 @@ class LinkedModel(M4MTransformer):
             frames = ad.apply_mask(frames, ad.span_mask(mask_key, B, F, lk.mask_prob, lk.mask_length),
                                    self.mask_embed[...])
         return frames, tok_emb
+
+    def aligned_sounding(self, reference: jax.Array, n: int) -> jax.Array | None:
+        """``link.target_sounding``: [B, n, E], row j = the projection of the reference's pitches sounding at frame
+        j (zero past its end), added to the global input that predicts target frame j; None when off."""
+        if not self.link.get("target_sounding", False):
+            return None
+        on = sounding_pitches(reference)
+        on = jnp.pad(on, ((0, 0), (0, max(n - on.shape[1], 0)), (0, 0)))[:, :n]
+        w = self.target_sounding_embed[...]
+        return (on.astype(w.dtype) @ w).astype(self.dtype)
 
     @property
     def adapter_every(self) -> int:
@@ -233,9 +254,12 @@ class LinkedModel(M4MTransformer):
         F2 = target.shape[1]
         fr, _ = self.frame_embeddings(reference, "reference", fold(key, 0), fold(key, 2))
         ft, tok_emb = self.frame_embeddings(target, "target", fold(key, 1), fold(key, 3), target_mask)
+        sound = self.aligned_sounding(reference, F2)
         if self.link.kind == "fa_self":
             sos = jnp.broadcast_to(self.global_sos[...].astype(fr.dtype), (B, 1, fr.shape[-1]))
             h = jnp.concatenate([sos, fr, ft[:, :-1]], axis=1)
+            if sound is not None:
+                h = h.at[:, F1:].add(sound.astype(h.dtype))
             pos, seg = self.self_positions(F1, F2)
             seg = None if seg is None else jnp.broadcast_to(seg, (B, F1 + F2))
             g, hiddens, _ = self.global_decode(h, jnp.broadcast_to(pos, (B, F1 + F2)), segment_ids=seg,
@@ -243,7 +267,9 @@ class LinkedModel(M4MTransformer):
             return g[:, F1:], tok_emb, [x[:, F1:] for x in hiddens]
         cross = self.cross_fn(self.reference_kv(fr, fold(key, 5)), jnp.arange(F2) * self.link.target_stride, scale,
                               fold(key, 6))
-        g, hiddens, _ = self.global_decode(self.global_inputs(ft), cross=cross, key=fold(key, 4))
+        h = self.global_inputs(ft)
+        g, hiddens, _ = self.global_decode(h if sound is None else h + sound.astype(h.dtype), cross=cross,
+                                           key=fold(key, 4))
         return g, tok_emb, hiddens
 
     def link_hidden(self, reference: jax.Array, target: jax.Array, *, key: jax.Array | None = None,
@@ -312,6 +338,7 @@ class LinkState(NamedTuple):
     t: jax.Array  # int32: target frames known so far (prompt + sampled)
     base: jax.Array  # int32: cache slots before the target segment (fa_self: F1; fa_cross: 0)
     kv: list  # fa_cross: per-adapter (k, v) of the reference; [] for fa_self
+    sound: jax.Array | None = None  # link.target_sounding: [B, F1 + 1, E] (LinkedModel.aligned_sounding)
 
 
 def encode_reference(model: LinkedModel, reference: jax.Array, n_frames: int, prompt: jax.Array | None = None,
@@ -326,18 +353,24 @@ def encode_reference(model: LinkedModel, reference: jax.Array, n_frames: int, pr
     fr, _ = model.frame_embeddings(reference, "reference", mask_key=mk)
     fp = model.local_encode(prompt)[0] if F0 else fr[:, :0]
     sos = jnp.broadcast_to(model.global_sos[...].astype(fr.dtype), (B, 1, fr.shape[-1]))
+    sound = model.aligned_sounding(reference, max(F1, F0) + 1)
+    # the inputs predicting target frames 0..F0 (fa_self: the last reference frame, then the prompt's frames)
+    head = jnp.concatenate([fr[:, -1:] if model.link.kind == "fa_self" else sos, fp], 1)
+    if sound is not None:
+        head = head + sound[:, :F0 + 1].astype(head.dtype)
     if model.link.kind == "fa_self":
         cache = model.init_global_cache(B, F1 + F0 + n_frames + 1)
         pos, seg = model.self_positions(F1, F0 + 1)
         seg = None if seg is None else jnp.broadcast_to(seg, (B, F1 + F0 + 1))
-        g, _, cache = model.global_decode(jnp.concatenate([sos, fr, fp], 1), jnp.broadcast_to(pos, (B, F1 + F0 + 1)),
-                                          segment_ids=seg, cache=cache, cache_index=0)
-        return LinkState(cache, g[:, -1], jnp.int32(F0), jnp.int32(F1), [])
+        g, _, cache = model.global_decode(jnp.concatenate([sos, fr[:, :-1], head], 1),
+                                          jnp.broadcast_to(pos, (B, F1 + F0 + 1)), segment_ids=seg, cache=cache,
+                                          cache_index=0)
+        return LinkState(cache, g[:, -1], jnp.int32(F0), jnp.int32(F1), [], sound)
     kv = model.reference_kv(fr)
     cache = model.init_global_cache(B, F0 + n_frames + 1)
     cross = model.cross_fn(kv, jnp.arange(F0 + 1) * model.link.target_stride, scale)
-    g, _, cache = model.global_decode(jnp.concatenate([sos, fp], 1), cross=cross, cache=cache, cache_index=0)
-    return LinkState(cache, g[:, -1], jnp.int32(F0), jnp.int32(0), kv)
+    g, _, cache = model.global_decode(head, cross=cross, cache=cache, cache_index=0)
+    return LinkState(cache, g[:, -1], jnp.int32(F0), jnp.int32(0), kv, sound)
 
 
 def target_step(model: LinkedModel, state: LinkState, frame: jax.Array, *,
@@ -347,6 +380,10 @@ def target_step(model: LinkedModel, state: LinkState, frame: jax.Array, *,
     B = frame.shape[0]
     emb = model.local_encode(frame[:, None])[0]
     i = state.t + 1  # the frame's position inside the target segment
+    if state.sound is not None:  # the music under frame t + 1 (zero past the reference's end)
+        n = state.sound.shape[1]
+        emb = emb + jnp.where(i < n, jax.lax.dynamic_slice_in_dim(state.sound, jnp.minimum(i, n - 1), 1, 1),
+                              0).astype(emb.dtype)
     slot = state.base + i
     if model.link.kind == "fa_self":
         pos, seg = (i, jnp.ones((B, 1), jnp.int32)) if model.link.change_pe else (slot, None)
