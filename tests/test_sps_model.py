@@ -6,7 +6,8 @@ import pytest
 from flax import nnx
 
 from symmetry.losses import reparameterize, teacher_forcing_mask, teacher_forcing_prob
-from symmetry.model import (Conv1D, ConvTranspose1D, SPSConfig, SPSModel, audio_config, ball_config,
+from sps_fixtures import numpy_model
+from symmetry.model import (Conv1D, ConvTranspose1D, Prior, SPSConfig, SPSModel, audio_config, ball_config,
                             count_params)
 
 
@@ -20,18 +21,27 @@ def test_param_counts_match_spec():
     assert _abstract_counts(ball_config()) == (683_462, 927_587, 67_587)      # spec §4.1
 
 
+# Shapes are decided when the model is traced: jax.eval_shape runs the same Python (construction, encode, decode)
+# on abstract arrays, so a wrong shape or a shape error shows here without compiling anything (at -O0 the
+# eager initialisers and forward passes took 10-25 s per model).
+def _abstract_shapes(cfg, x_shape):
+    def run(x):
+        m = SPSModel(cfg, rngs=nnx.Rngs(0))
+        mu, logvar = m.encode(x)
+        return mu, logvar, m.decode(mu)
+    return [a.shape for a in jax.eval_shape(run, jax.ShapeDtypeStruct(x_shape, jnp.float32))]
+
+
 @pytest.mark.parametrize("freq", [33, 64])
 def test_audio_shapes_any_freq(freq):
-    m = SPSModel(audio_config(freq_bins=freq, latent_dim=3), rngs=nnx.Rngs(0))
-    mu, logvar = m.encode(jnp.zeros((2, 4, freq, 5)))
-    assert mu.shape == logvar.shape == (2, 4, 3)
-    assert m.decode(mu).shape == (2, 4, freq, 5)
+    mu, logvar, y = _abstract_shapes(audio_config(freq_bins=freq, latent_dim=3), (2, 4, freq, 5))
+    assert mu == logvar == (2, 4, 3)
+    assert y == (2, 4, freq, 5)
 
 
 def test_ball_shapes():
-    m = SPSModel(ball_config(), rngs=nnx.Rngs(0))
-    mu, _ = m.encode(jnp.zeros((2, 3, 32, 32, 3)))
-    assert mu.shape == (2, 3, 3) and m.decode(mu).shape == (2, 3, 32, 32, 3)
+    mu, _, y = _abstract_shapes(ball_config(), (2, 3, 32, 32, 3))
+    assert mu == (2, 3, 3) and y == (2, 3, 32, 32, 3)
 
 
 def _torch_conv(x, w, b, s, p):
@@ -58,23 +68,37 @@ def _torch_conv_t(x, w, b, s, p):
 def test_conv_layers_match_torch_definition(k, s, p, impl):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 17, 3)).astype(np.float32)
+    apply = jax.jit(lambda graphdef, state, x: nnx.merge(graphdef, state)(x), static_argnums=0)  # 1 program, not 1/op
     conv = Conv1D(3, 4, k, s, p, impl, rngs=nnx.Rngs(0))
     conv.bias[...] = jnp.asarray(rng.normal(size=4), jnp.float32)
     ref = _torch_conv(x, np.asarray(conv.kernel[...]), np.asarray(conv.bias[...]), s, p)
-    np.testing.assert_allclose(conv(jnp.asarray(x)), ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(apply(*nnx.split(conv), jnp.asarray(x)), ref, rtol=1e-4, atol=1e-4)
     convt = ConvTranspose1D(3, 4, k, s, p, impl, rngs=nnx.Rngs(1))
     convt.bias[...] = jnp.asarray(rng.normal(size=4), jnp.float32)
     ref = _torch_conv_t(x, np.asarray(convt.kernel[...]), np.asarray(convt.bias[...]), s, p)
-    np.testing.assert_allclose(convt(jnp.asarray(x)), ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(apply(*nnx.split(convt), jnp.asarray(x)), ref, rtol=1e-4, atol=1e-4)
 
 
 def test_conv_impls_agree_on_full_model():
-    x = jax.random.uniform(jax.random.key(0), (2, 3, 65, 5))
-    outs = []
-    for impl in ("matmul", "lax"):
-        m = SPSModel(audio_config(freq_bins=65, conv_impl=impl), rngs=nnx.Rngs(0))
-        mu, _ = m.encode(x)
-        outs.append((mu, m.decode(mu)))
+    """Same parameters (numpy-drawn, non-zero biases), both conv implementations: the same mu and logits."""
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 3, 65, 5)), jnp.float32)
+    graphdef, params = nnx.split(numpy_model(audio_config(freq_bins=65, conv_impl="matmul")))
+    lax_graphdef, lax_params = nnx.split(nnx.eval_shape(lambda: SPSModel(audio_config(freq_bins=65, conv_impl="lax"),
+                                                                         rngs=nnx.Rngs(0))))
+    assert jax.tree.structure(lax_params) == jax.tree.structure(params)
+    assert jax.tree.map(jnp.shape, lax_params) == jax.tree.map(jnp.shape, params)
+
+    @jax.jit  # one program for both implementations
+    def both(params, x):
+        outs = []
+        for g in (graphdef, lax_graphdef):
+            m = nnx.merge(g, params)
+            mu, _ = m.encode(x)
+            outs.append((mu, m.decode(mu)))
+        return outs
+
+    assert [nnx.merge(g, params).encoder.convs[0].impl for g in (graphdef, lax_graphdef)] == ["matmul", "lax"]
+    outs = both(params, x)
     np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-4, atol=1e-4)
 
@@ -82,19 +106,25 @@ def test_conv_impls_agree_on_full_model():
 @pytest.mark.parametrize("rnn_type,layers", [("rnn", 1), ("gru", 2)])
 def test_rollout_matches_python_loop(rnn_type, layers):
     cfg = audio_config(rnn_type=rnn_type, rnn_layers=layers, rnn_hidden=8)
-    prior = SPSModel(cfg, rngs=nnx.Rngs(0)).prior
-    z = jax.random.normal(jax.random.key(1), (3, 6, 1))
-    mask = jnp.array([True, True, False, True, False, False])
-    out = prior.rollout(z, jnp.broadcast_to(mask[:, None], (6, 3)))
-    hs, prev, ref = [jnp.zeros((3, 8))] * layers, None, []
-    for t in range(6):
-        x = z[:, t] if mask[t] else prev
-        for i, layer in enumerate(prior.layers):
-            hs[i] = x = layer(hs[i], x)
-        prev = prior.readout(x)
-        ref.append(prev)
+    graphdef, state = nnx.split(numpy_model(cfg, module=Prior))  # SPSModel's .prior, without encoder and decoder
+    mask = [True, True, False, True, False, False]
+
+    @jax.jit  # one program instead of one per eager op
+    def rollout_and_loop(state, z):
+        prior = nnx.merge(graphdef, state)
+        out = prior.rollout(z, jnp.broadcast_to(jnp.array(mask)[:, None], (6, 3)))
+        hs, prev, ref = [jnp.zeros((3, 8))] * layers, None, []
+        for t in range(6):
+            x = z[:, t] if mask[t] else prev
+            for i, layer in enumerate(prior.layers):
+                hs[i] = x = layer(hs[i], x)
+            prev = prior.readout(x)
+            ref.append(prev)
+        return out, jnp.stack(ref[:-1], 1)
+
+    out, ref = rollout_and_loop(state, jax.random.normal(jax.random.key(1), (3, 6, 1)))
     assert out.shape == (3, 5, 1)
-    np.testing.assert_allclose(out, jnp.stack(ref[:-1], 1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_teacher_forcing_prob_matches_spec_table():
@@ -106,10 +136,11 @@ def test_teacher_forcing_prob_matches_spec_table():
 def test_teacher_forcing_mask():
     cfg = audio_config(base_len=3)
     keys = jax.random.split(jax.random.key(0), 2000)
-    late = jax.vmap(lambda k: teacher_forcing_mask(k, 8000, 15, cfg))(keys)
+    masks = jax.jit(jax.vmap(lambda k, it: teacher_forcing_mask(k, it, 15, cfg), in_axes=(0, None)))  # 1 program
+    late = masks(keys, 8000)
     assert late.shape == (2000, 15) and bool(late[:, :3].all())
     assert float(late[:, 3:].mean()) == pytest.approx(0.604, abs=0.02)
-    never = jax.vmap(lambda k: teacher_forcing_mask(k, 10**6, 15, cfg))(keys)
+    never = masks(keys, 10**6)
     assert not bool(never[:, 3:].any())
     off = teacher_forcing_mask(keys[0], 10**6, 15, SPSConfig(scheduled_sampling=False))
     assert bool(off.all())
@@ -133,22 +164,36 @@ def test_config_errors_name_the_key():
         audio_config(reparam="weird")
 
 
+def _layer(m, path: str):
+    """'decoder.convs.3' -> m.decoder.convs[3]."""
+    for p in path.split("."):
+        m = m[int(p)] if p.isdigit() else getattr(m, p)
+    return m
+
+
 @pytest.mark.parametrize("make", [audio_config, ball_config])
 def test_torch_init_is_uniform_in_fan_in_bounds(make):
     """init='torch': every kernel and bias ~ U(+-1/sqrt(fan_in)) with torch's fan_in (ConvTranspose: cout*k*w)."""
-    m = SPSModel(make(init="torch"), rngs=nnx.Rngs(0))
     if make is audio_config:
-        fan_ins = {m.encoder.convs[0]: 5 * 5, m.encoder.convs[1]: 64 * 8, m.decoder.convs[0]: 128 * 4,
-                   m.decoder.convs[3]: 1 * 5 * 5, m.decoder.mlp[4]: 1024, m.prior.readout: 256}
+        fan_ins = {"encoder.convs.0": 5 * 5, "encoder.convs.1": 64 * 8, "decoder.convs.0": 128 * 4,
+                   "decoder.convs.3": 1 * 5 * 5, "decoder.mlp.4": 1024, "prior.readout": 256}
     else:
-        fan_ins = {m.encoder.convs[0]: 3 * 16, m.decoder.convs[0]: 128 * 16, m.decoder.convs[2]: 3 * 16,
-                   m.decoder.mlp[0]: 3}
-    for layer, fan_in in fan_ins.items():
+        fan_ins = {"encoder.convs.0": 3 * 16, "decoder.convs.0": 128 * 16, "decoder.convs.2": 3 * 16,
+                   "decoder.mlp.0": 3}
+
+    # Built (initialised) inside jit, only the checked layers leave it: XLA drops the other initialisers (each a
+    # random program of ~0.5 s to compile at -O0), not the values these layers get.
+    def checked():
+        m = SPSModel(make(init="torch"), rngs=nnx.Rngs(0))
+        return {path: {name: getattr(_layer(m, path), name)[...] for name in ("kernel", "bias")} for path in fan_ins}
+
+    values = jax.jit(checked)()
+    for path, fan_in in fan_ins.items():
         bound = 1.0 / np.sqrt(fan_in)
-        for name in ("kernel", "bias"):
-            v = np.asarray(getattr(layer, name)[...])
-            assert np.abs(v).max() <= bound + 1e-7, (layer, name)
+        for name, v in values[path].items():
+            v = np.asarray(v)
+            assert np.abs(v).max() <= bound + 1e-7, (path, name)
             if v.size >= 64:   # uniform, not a point mass or a narrower law
-                assert np.abs(v).max() > 0.9 * bound and abs(v.std() - bound / np.sqrt(3)) < 0.2 * bound, (layer, name)
-    flax_default = SPSModel(make(), rngs=nnx.Rngs(0))
-    assert float(np.abs(np.asarray(flax_default.decoder.mlp[0].bias[...])).max()) == 0.0   # flax: zero biases
+                assert np.abs(v).max() > 0.9 * bound and abs(v.std() - bound / np.sqrt(3)) < 0.2 * bound, (path, name)
+    flax_default = jax.jit(lambda: SPSModel(make(), rngs=nnx.Rngs(0)).decoder.mlp[0].bias[...])()
+    assert float(np.abs(np.asarray(flax_default)).max()) == 0.0   # flax: zero biases

@@ -6,6 +6,7 @@ import pytest
 from flax import nnx
 
 from m4mjax.run.mesh import make_mesh
+from sps_fixtures import numpy_model
 from symmetry.losses import sps_loss
 from symmetry.model import SPSModel, audio_config, ball_config
 from symmetry.step import init_state, make_train_step, select_seeds
@@ -42,21 +43,25 @@ def test_ball_terms_two_paths_with_srs():
 def test_loss_values_ae_kl_zero_and_weights():
     x = jax.random.uniform(jax.random.key(0), (2, 5, F, 5))
     cfg = audio_config(freq_bins=F, variant="ae", K=2)
-    model = SPSModel(cfg, rngs=nnx.Rngs(0))
-    total, t = jax.jit(lambda: sps_loss(model, x, jnp.int32(0), jax.random.key(1), cfg))()
+    graphdef, params = nnx.split(numpy_model(cfg))
+    loss = jax.jit(lambda p, key: sps_loss(nnx.merge(graphdef, p), x, jnp.int32(0), key, cfg))  # one program, 2 keys
+    total, t = loss(params, jax.random.key(1))
     assert float(t["kl"]) == 0.0
     parts = sum(float(v) for k, v in t.items() if k not in ("loss", "p_tf"))
     assert float(total) == pytest.approx(parts, rel=1e-5)
     # AE is deterministic except for group/mask draws: the self-recon term ignores the key
-    _, t2 = jax.jit(lambda: sps_loss(model, x, jnp.int32(0), jax.random.key(2), cfg))()
+    _, t2 = loss(params, jax.random.key(2))
     assert float(t2["self_x"]) == pytest.approx(float(t["self_x"]), rel=1e-6)
 
 
 def test_seed_axis_equals_independent_seeds_and_loss_decreases():
     cfg = audio_config(freq_bins=F, batch_size=3, K=2)
     data = jax.random.uniform(jax.random.key(1), (4, 6, F, 5))
-    mesh = make_mesh(dict(data=1, fsdp=-1, tensor=1))
+    # one fake device per seed: the seed axis is sharded (2 seeds on all 8 fake devices would replicate it, shard
+    # each seed's parameters 8 ways over the machine's cores, step ~7x slower and compile the lone-seed step twice)
+    mesh = make_mesh(dict(data=1, fsdp=2, tensor=1))
     both = init_state(cfg, 2, jax.random.key(0), mesh)
+    assert both.params["decoder"]["mlp"][4]["kernel"][...].sharding.spec[0] in (("data", "fsdp"), "fsdp")
     singles = [select_seeds(both, slice(i, i + 1)) for i in range(2)]
     assert int(singles[1].seed_ids[0]) == 1
     step2, step1 = make_train_step(cfg, both), make_train_step(cfg)
@@ -71,6 +76,7 @@ def test_seed_axis_equals_independent_seeds_and_loss_decreases():
         if it == 1:  # parameters after two steps: seed i of the stack == the lone seed i
             for i in range(2):
                 for a, b in zip(jax.tree.leaves(singles[i].params), jax.tree.leaves(both.params)):
+                    a, b = np.asarray(a), np.asarray(b)  # index in numpy: no eager XLA slice program per leaf shape
                     np.testing.assert_allclose(a[0], b[i], rtol=2e-4, atol=2e-6)
         losses.append(np.asarray(m2["loss"]))
     assert (losses[-1] < losses[0]).all(), losses

@@ -17,6 +17,8 @@ def test_seed_alone_equals_seed_in_stack(sps_tiny_root, tmp_path):
     cfg.data.dir = str(REPO / "data/sps")
     cfg.update(seed=1, num_seeds=1)
     cfg.train.steps = 1
+    cfg.mesh.fsdp = 1  # one device (the fixture's run has one seed per device): the default mesh would shard the lone
+    #                    seed's parameters over all 8 fake devices, which share the machine's cores (~1.5x slower)
     train.train(cfg, str(tmp_path / "seed1"))
     first = lambda wd: json.loads((wd / "metrics.jsonl").read_text().splitlines()[0])  # noqa: E731
     alone, stack = first(tmp_path / "seed1"), first(sps_tiny_root / "sps_vae_k4")
