@@ -12,9 +12,11 @@ import json
 import math
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import flags
+from flax import nnx
 
 from m4mjax import steps as steps_lib
 from m4mjax.run import checkpoint, cli, io, mesh as mesh_lib
@@ -56,14 +58,19 @@ def unigram_loss(cfg, counts: np.ndarray, split: str, max_batches: int) -> float
     return tot / max(n, 1)
 
 
+@nnx.jit
+def _global_outputs(model, tokens):
+    """The global decoder's outputs [B,F,E] for tokens [B,F,L] (one compiled program, not op-by-op dispatch)."""
+    frames, _ = model.local_encode(tokens)
+    return model.global_decode(model.global_inputs(frames))[0]
+
+
 def global_spread(model, tokens) -> float:
     """How much the global decoder's output changes from frame to frame: its std over frames divided by its
     std over features (mean over the batch; the SOS position left out). An untrained model gives ~0.2; near 0
     the global decoder has collapsed to one output for every frame, so nothing of the context (or of a linked
     reference) reaches the local decoder: the frame's first token then has the same distribution everywhere."""
-    frames, _ = model.local_encode(jnp.asarray(tokens))
-    g, _, _ = model.global_decode(model.global_inputs(frames))
-    g = np.asarray(g, np.float64)[:, 1:]
+    g = np.asarray(_global_outputs(model, jnp.asarray(tokens)), np.float64)[:, 1:]
     return float(g.std(axis=1).mean() / max(g.std(axis=-1).mean(), 1e-12))
 
 
@@ -87,8 +94,10 @@ def evaluate(workdir: str, splits=("valid", "test"), max_batches: int = 0, data_
     out = {"workdir": os.path.abspath(workdir), "step": checkpoint.latest_step(workdir), "data": cfg.data.name}
     with mesh_lib.use_mesh(mesh):
         s = steps_lib.Setup(cfg, mesh, with_optimizer=False)
-        _, _, rest = s.init_model()
+        # the checkpoint first (an unreadable one fails here); the model's init (compiled, then run: every weight
+        # drawn) only when the model has state besides its parameters (the LM has none)
         trainable, frozen = s.split_pure(checkpoint.restore_params(workdir, s.pure_abstract(), step=out["step"]))
+        rest = s.init_model()[2] if jax.tree_util.tree_leaves(s.abstract[2]) else s.abstract[2]
         eval_fn = s.eval_step_fn()
         counts = unigram_counts(cfg, max_batches)
         for split in splits:

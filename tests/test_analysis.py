@@ -417,7 +417,11 @@ def test_baselines_score_the_template_matcher_on_clean_triads(analysis_dir, tmp_
 
 
 # ---------------------------------------------------------------------------------------- shipped weights
-def test_an_exported_run_is_read_like_the_run_and_a_mismatch_is_one_line(runs, tmp_path, monkeypatch, capsys):
+def test_an_exported_run_is_read_like_the_run_and_a_mismatch_is_one_line(runs, tmp_path, fake_model, monkeypatch,
+                                                                         capsys):
+    """The shipped folder loads the run's exact weights (below), so analyze's model call is the fake one here: the
+    real tiny model decodes in test_analyze_with_the_real_tiny_model and test_evaluate_dispatches_to_the_analysis_
+    evaluation; what this pins is that analyze without --workdir reads the shipped folder (its config, weights)."""
     from m4mjax import export
     from m4mjax.run import checkpoint, cli
 
@@ -429,11 +433,17 @@ def test_an_exported_run_is_read_like_the_run_and_a_mismatch_is_one_line(runs, t
     m_ship, _ = analyze.load_run(str(ship))
     a, b = nnx.state(m_run, nnx.Param).to_pure_dict(), nnx.state(m_ship, nnx.Param).to_pure_dict()
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
-    # analyze with no --workdir reads the shipped folder
+    # analyze with no --workdir reads the shipped folder: its weights load, its config sets the windows (16 frames,
+    # context 4: prompts after the first) and the labels land on the input's tempo map
     _write_piece(tmp_path / "piece.mid")
     monkeypatch.setattr(analyze, "SHIPPED", ship)
+    loaded, load_run = [], analyze.load_run
+    monkeypatch.setattr(analyze, "load_run", lambda w: loaded.append(w) or load_run(w))
     analyze.main([str(tmp_path / "piece.mid"), f"--out={tmp_path / 'out'}"])
+    assert loaded == [str(ship)]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["piece.beats", "piece.lab", "piece.mid"]
+    assert [f0 for _, f0 in fake_model] == [0, 4, 4, 4, 4, 4]
+    assert (tmp_path / "out" / "piece.lab").read_text() == EXPECTED_LAB
     # a file whose shapes are not the model's is refused, naming a parameter
     with np.load(ship / "params.npz") as z:
         flat = {k: z[k] for k in z.files}

@@ -1,8 +1,12 @@
 """Every entry point meets a user's bad input with ONE stderr line ``<command>: error: ... (<file or key>)``,
 exit status 2, no traceback and nothing written (issue 8 items 1 and 7). Every failure happens while flags and
 inputs are checked, before heavy work. The absl commands (global flags: one parse per process) and the torch
-converter run as real subprocesses, as a user would; the argparse commands run in-process through their
-``main(argv)`` (the same code below ``if __name__ == "__main__"``, without an interpreter start per row)."""
+converter run outside the test process, as a user would: each command's first row (and the random soundfont, which
+fluidsynth reads) as a real subprocess of its own, the other rows through one runner process (``serve``: an
+interpreter start with jax is most of such a row's time) that runs each ``python -m`` command as ``__main__`` on
+absl's start-up state and captures its stderr at the file-descriptor level, as a fresh interpreter's. The argparse
+commands run in-process through their ``main(argv)`` (the same code below ``if __name__ == "__main__"``, without
+an interpreter start per row)."""
 from __future__ import annotations
 
 import importlib
@@ -94,9 +98,108 @@ SUBPROCESS = ("m4mjax.train", "symmetry.train", "m4mjax.evaluate", "m4mjax.sampl
               "m4mjax.convert_torch")
 
 
-def _run(command: str, args: list[str], capsys, monkeypatch) -> tuple[int, str]:
-    """(exit status, stderr) of ``python -m command *args``: a subprocess for SUBPROCESS, else main(args) here."""
+# rows of SUBPROCESS commands that get an interpreter of their own: each command's first, and random bytes as a
+# soundfont (fluidsynth, a C library, reports on the process's stderr); the rest go through the runner
+OWN_PROCESS = {i for i, (c, argv, _) in enumerate(ROWS)
+               if c in SUBPROCESS and (i == min(j for j, r in enumerate(ROWS) if r[0] == c)
+                                       or any("random.sf2" in a for a in argv))}
+
+
+def serve() -> None:
+    """The runner (a child process, see ``_Runner``): per stdin line ``[command, args]`` it runs ``python -m command
+    *args`` here (runpy, as ``__main__``, with the absl start-up state of a fresh interpreter: flag registry, app.run's
+    one-time set-up) and answers one line ``[exit status, stderr]`` on its original stdout; the command's fd 1 and 2
+    go to files meanwhile (a C library's output counts too). Exit status and stderr as the interpreter gives them: an
+    uncaught exception's traceback, exit status 1."""
+    import runpy
+    import tempfile
+    import traceback
+
+    from absl import app, flags
+
+    app.define_help_flags()  # absl's own flags (app, logging, help): the registry a command starts from
+    registry = flags.FLAGS.__dict__
+
+    def copy(v):  # the registry's containers, two levels deep (the Flag objects are shared)
+        if isinstance(v, dict):
+            return {k: list(x) if isinstance(x, list) else x for k, x in v.items()}
+        return set(v) if isinstance(v, set) else v
+
+    start = {k: copy(v) for k, v in registry.items()}
+    answer = os.fdopen(os.dup(1), "w")
+    for line in sys.stdin:
+        command, args = json.loads(line)
+        flags.FLAGS.unparse_flags()  # every flag at its default (absl's own are shared with `start`)
+        registry.update({k: copy(v) for k, v in start.items()})  # the command's flags from a previous row gone
+        app._run_init.done = app._register_and_parse_flags_with_usage.done = False
+        sys.argv = [command, *args]
+        with tempfile.TemporaryFile("w+", errors="replace") as err, tempfile.TemporaryFile("w+") as out:
+            sys.stdout.flush(), sys.stderr.flush()
+            keep = os.dup(1), os.dup(2)
+            os.dup2(out.fileno(), 1), os.dup2(err.fileno(), 2)
+            try:
+                runpy.run_module(command, run_name="__main__", alter_sys=True)
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) or e.code is None else 1
+                if code == 1 and not isinstance(e.code, int):  # sys.exit(message): the message goes to stderr
+                    print(e.code, file=sys.stderr)
+                code = code or 0
+            except BaseException:  # noqa: BLE001  what the interpreter does with an uncaught exception
+                traceback.print_exc()
+                code = 1
+            finally:
+                sys.stdout.flush(), sys.stderr.flush()
+                os.dup2(keep[0], 1), os.dup2(keep[1], 2)
+                os.close(keep[0]), os.close(keep[1])
+            err.seek(0)
+            answer.write(json.dumps([code, err.read()]) + "\n")
+            answer.flush()
+
+
+class _Runner:
+    """The ``serve`` process of this test process, started on first use (again if it died)."""
+
+    def __init__(self):
+        self.proc: subprocess.Popen | None = None
+
+    def run(self, command: str, args: list[str]) -> tuple[int, str]:
+        import select
+
+        if self.proc is None or self.proc.poll() is not None:
+            env = _env(PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
+            self.proc = subprocess.Popen([sys.executable, "-c", "import test_entry_errors as t; t.serve()"], cwd=REPO,
+                                         env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc.stdin.write(json.dumps([command, args]) + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], 180)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            self.close()
+            raise RuntimeError(f"the command runner gave no answer for {command} {args}")
+        code, stderr = json.loads(line)
+        return code, stderr
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture(scope="module")
+def runner():
+    r = _Runner()
+    yield r
+    r.close()
+
+
+def _run(command: str, args: list[str], capsys, monkeypatch, runner=None) -> tuple[int, str]:
+    """(exit status, stderr) of ``python -m command *args``: for SUBPROCESS, its own process (``runner`` None) or
+    the runner's; else main(args) here."""
     if command in SUBPROCESS:
+        if runner is not None:
+            return runner.run(command, args)
         r = subprocess.run([sys.executable, "-m", command, *args], cwd=REPO, env=_env(), capture_output=True,
                            text=True, timeout=180)
         return r.returncode, r.stderr
@@ -111,13 +214,22 @@ def _run(command: str, args: list[str], capsys, monkeypatch) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command,argv,names", [
-    pytest.param(*row, marks=[pytest.mark.integration] if row[0] in SUBPROCESS else [])
-    for row in ROWS], ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(ROWS)])
-def test_user_error_is_one_line(inputs: Path, command: str, argv: list[str], names: str, capsys, monkeypatch):
+def _marks(i: int, command: str) -> list:
+    if command not in SUBPROCESS:
+        return []
+    # the runner's rows on one xdist worker: one runner start
+    return [pytest.mark.integration] + ([] if i in OWN_PROCESS else [pytest.mark.xdist_group("absl_runner")])
+
+
+@pytest.mark.parametrize("row,command,argv,names", [
+    pytest.param(i, *row, marks=_marks(i, row[0])) for i, row in enumerate(ROWS)],
+    ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(ROWS)])
+def test_user_error_is_one_line(inputs: Path, row: int, command: str, argv: list[str], names: str, capsys, monkeypatch,
+                                request):
     before = _listing(inputs)
     args = [a.replace("{t}", str(inputs)) for a in argv]
-    code, stderr = _run(command, args, capsys, monkeypatch)
+    shared = command in SUBPROCESS and row not in OWN_PROCESS
+    code, stderr = _run(command, args, capsys, monkeypatch, request.getfixturevalue("runner") if shared else None)
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     assert code == 2, f"rc {code}; stderr:\n{stderr[-3000:]}"
     assert "Traceback" not in stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,15 +25,28 @@ def _losses(workdir) -> dict[int, float]:
     return {r["step"]: r["train/loss"] for r in metrics.read_metrics(str(workdir)) if "train/loss" in r}
 
 
+_ONE_VS_EIGHT = {"model.dropout": 0.0, "train.eval_every": 0, "train.ckpt_every": 0}  # ckpt 0: only the final one
+
+
+@pytest.fixture(scope="module")
+def one_device_run(prepared_dir, tmp_path_factory):
+    """3 steps of :tiny on one device, dropout and in-training eval off, one (final) checkpoint: the 1-device side
+    of test_one_vs_eight_devices_same_loss and the run test_evaluate_and_sample_entry_points scores (one training
+    for both: each is compile-bound). Tests using it carry xdist_group("test_train"), so one worker trains it."""
+    wd = tmp_path_factory.mktemp("one_device") / "run"
+    train_lib.train(tiny_config(prepared_dir, **_ONE_VS_EIGHT), str(wd))
+    return wd
+
+
 @pytest.mark.integration
-def test_one_vs_eight_devices_same_loss(prepared_dir, tmp_path):
+@pytest.mark.xdist_group("test_train")
+def test_one_vs_eight_devices_same_loss(prepared_dir, one_device_run, tmp_path):
     """Same data, same init: 3 steps on 1 device and on a 2x2x2 mesh agree to 1e-4 (f32, dropout off)."""
-    runs = {}
-    for name, mesh in {"one": dict(data=1, fsdp=1, tensor=1), "eight": dict(data=2, fsdp=2, tensor=2)}.items():
-        cfg = tiny_config(prepared_dir, **{"model.dropout": 0.0, "train.eval_every": 0})
-        cfg.mesh.update(mesh)
-        train_lib.train(cfg, str(tmp_path / name))
-        runs[name] = _losses(tmp_path / name)
+    cfg = tiny_config(prepared_dir, **_ONE_VS_EIGHT)
+    cfg.mesh.update(data=2, fsdp=2, tensor=2)
+    train_lib.train(cfg, str(tmp_path / "eight"))
+    runs = {"one": _losses(one_device_run), "eight": _losses(tmp_path / "eight")}
+    assert json.loads((one_device_run / "config.json").read_text())["mesh"] == dict(data=1, fsdp=1, tensor=1)
     assert sorted(runs["one"]) == [1, 2, 3]
     np.testing.assert_allclose([runs["eight"][s] for s in (1, 2, 3)], [runs["one"][s] for s in (1, 2, 3)],
                                rtol=1e-4)
@@ -87,8 +101,10 @@ def _cmd(prepared, workdir, *extra):
 @pytest.mark.integration
 def test_resume_after_kill_matches_uninterrupted(prepared_dir, tmp_path):
     """kill -9 mid-run, re-run the same command: it resumes at the checkpointed step and data position,
-    and ends with the same losses as an uninterrupted run."""
-    extra = ("--config.train.steps=60", "--config.train.ckpt_every=5")
+    and ends with the same losses as an uninterrupted run. 20 steps of batch 2 (each of the 3 runs is start-up
+    and compile bound; steps 11-20 and the saves at 15 and 20 still leave seconds between checkpoint 10 and the
+    end for the kill)."""
+    extra = ("--config.train.steps=20", "--config.train.ckpt_every=5", "--config.data.batch_size=2")
     env = one_device_env()
     ref = tmp_path / "ref"
     subprocess.run(_cmd(prepared_dir, ref, *extra), cwd=REPO, env=env, check=True, capture_output=True)
@@ -99,17 +115,17 @@ def test_resume_after_kill_matches_uninterrupted(prepared_dir, tmp_path):
     while not (wd / "checkpoints" / "10").exists() and p.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     p.send_signal(signal.SIGKILL)
-    p.wait()
+    assert p.wait() == -signal.SIGKILL, "the run ended before it was killed"
     r = subprocess.run(_cmd(prepared_dir, wd, *extra), cwd=REPO, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     m = [ln for ln in r.stderr.splitlines() if ln.startswith("resumed from step")]
     assert m, "second run did not resume"
     resumed = int(m[0].split()[-1])
-    assert resumed >= 10 and resumed % 5 == 0
+    assert 10 <= resumed < 20 and resumed % 5 == 0
     a, b = _losses(ref), _losses(wd)
-    assert b[60] == pytest.approx(a[60], rel=1e-5)
+    assert b[20] == pytest.approx(a[20], rel=1e-5)
     logged = [r["step"] for r in metrics.read_metrics(str(wd)) if "train/loss" in r]
-    assert logged == list(range(1, 61))  # rows logged between the checkpoint and the kill are not doubled
+    assert logged == list(range(1, 21))  # rows logged between the checkpoint and the kill are not doubled
 
 
 @pytest.mark.integration
@@ -120,11 +136,12 @@ def test_config_typo_names_the_key(prepared_dir, tmp_path):
 
 
 @pytest.mark.integration
-def test_evaluate_and_sample_entry_points(prepared_dir, tmp_path):
+@pytest.mark.xdist_group("test_train")
+def test_evaluate_and_sample_entry_points(prepared_dir, one_device_run, tmp_path):
     from m4mjax import evaluate
 
     wd = tmp_path / "run"
-    train_lib.train(tiny_config(prepared_dir), str(wd))
+    shutil.copytree(one_device_run, wd)  # a trained :tiny run (evaluate and sample write into it)
     out = evaluate.evaluate(str(wd), ("valid", "test"))
     assert json.loads((wd / "eval.json").read_text())["test"]["tokens"] == out["test"]["tokens"] > 0
     assert out["valid"]["windows"] == out["valid"]["windows_total"] and out["valid"]["covers"].startswith("all ")
