@@ -200,11 +200,13 @@ def logits(workdir: str, tokens, reference=None) -> np.ndarray:
     model = nnx.eval_shape(lambda: tasks.get_task(cfg.get("task", "lm")).build(cfg, nnx.Rngs(0)))
     nnx.update(model, checkpoint.restore_params(workdir, nnx.state(model, nnx.Param)))
     tokens = jnp.asarray(tokens, jnp.int32)
+    # jitted: one compiled program (op-by-op dispatch compiles hundreds of small ones, most of the time here)
     if hasattr(model, "link_logits"):
         if reference is None:
             raise ValueError("logits: a linked run needs the reference rows")
-        return np.asarray(model.link_logits(jnp.asarray(reference, jnp.int32), tokens))
-    return np.asarray(model(tokens))
+        reference = jnp.asarray(reference, jnp.int32)
+        return np.asarray(nnx.jit(lambda m, r, t: m.link_logits(r, t))(model, reference, tokens))
+    return np.asarray(nnx.jit(lambda m, t: m(t))(model, tokens))
 
 
 def main(argv: list[str] | None = None) -> None:

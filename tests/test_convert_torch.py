@@ -322,8 +322,9 @@ def test_positions_past_the_table_raise():
     cfg.update(width=32, layers=1, heads=2, ffn=32, local_layers=1, local_heads=2, local_ffn=32, max_frames=8,
                max_frame_tokens=5)
     model = M4MTransformer(cfg, rngs=nnx.Rngs(0))
-    model(np.full((1, 8, 5), PAD, np.int32))  # 8 frames: positions 0..7 fit
+    fwd = nnx.jit(lambda m, t: m(t))  # traced positions: checked by the sequence length (one compile, not ~200)
+    fwd(model, np.full((1, 8, 5), PAD, np.int32))  # 8 frames: positions 0..7 fit
     with pytest.raises(UserError, match="model.max_frames"):
-        model(np.full((1, 9, 5), PAD, np.int32))
-    with pytest.raises(UserError, match="model.max_frames"):
+        fwd(model, np.full((1, 9, 5), PAD, np.int32))  # refused while tracing, before anything compiles
+    with pytest.raises(UserError, match="model.max_frames"):  # known positions: checked by value
         model.global_decode(np.zeros((1, 2, 32), np.float32), positions=np.array([[0, 8]]))

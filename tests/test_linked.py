@@ -145,8 +145,12 @@ def test_cross_term_enters_before_the_layernorm():
     m = linked.LinkedModel(tiny_cfg(dropout=0.0), tiny_link("fa_cross"), rngs=nnx.Rngs(1))
     randomize(m, AdapterParam, 5)
     ref, tgt = tokens(1, F1), tokens(2, F2)
-    x = np.asarray(m.global_inputs(m.local_encode(tgt)[0]), np.float64)  # target input to layer 0
-    r = np.asarray(m.global_inputs(m.local_encode(ref)[0]), np.float64)  # reference input to layer 0
+    # one jitted program: the two streams' inputs to layer 0 and the target pass's input to layer 1
+    x, r, got = nnx.jit(lambda m, ref, tgt: (m.global_inputs(m.local_encode(tgt)[0]),
+                                             m.global_inputs(m.local_encode(ref)[0]),
+                                             m.link_forward(ref, tgt)[2][1]))(m, ref, tgt)
+    x = np.asarray(x, np.float64)  # target input to layer 0
+    r = np.asarray(r, np.float64)  # reference input to layer 0
     blk, a = m.global_decoder.blocks[0], m.adapters[0]
     P = lambda v: np.asarray(v[...], np.float64)
     qkv = np.einsum("nte,ejhd->ntjhd", x, P(blk.qkv)) + P(blk.qkv_b)
@@ -174,9 +178,22 @@ def test_cross_term_enters_before_the_layernorm():
 
     want = rest(_np_ln(att + delta + x, P(blk.ln1_scale), P(blk.ln1_bias)))
     after = rest(_np_ln(att + x, P(blk.ln1_scale), P(blk.ln1_bias)) + delta)  # the wiring this test rejects
-    _, _, hiddens = m.link_forward(ref, tgt)
-    np.testing.assert_allclose(hiddens[1], want, atol=1e-4)
+    np.testing.assert_allclose(got, want, atol=1e-4)
     assert np.abs(after - want).max() > 1e-2
+
+
+def _spied_forwards(m, ref, tgt, seen_kv, seen_q):
+    """One jitted program: the linked forward (the spies record what the adapters read) and the plain LM's forward
+    of each stream with every layer's input; returns the recorded values and those layer inputs."""
+    @nnx.jit
+    def run(m, ref, tgt):
+        seen_kv.clear(), seen_q.clear()  # this trace's calls only
+        m.link_forward(ref, tgt)
+        _, ref_h = M4MTransformer.__call__(m, ref, return_hidden=True)
+        _, tgt_h = M4MTransformer.__call__(m, tgt, return_hidden=True)
+        return list(seen_kv), list(seen_q), ref_h, tgt_h
+
+    return run(m, ref, tgt)
 
 
 def test_adapters_read_each_layers_inputs(monkeypatch):
@@ -191,9 +208,7 @@ def test_adapters_read_each_layers_inputs(monkeypatch):
     monkeypatch.setattr(ad.CrossAdapter, "__call__",
                         lambda s, h, i, kv, **kw: (seen_q.append((h, i)), orig_call(s, h, i, kv, **kw))[1])
     ref, tgt = tokens(1, F1), tokens(2, F2)
-    m.link_forward(ref, tgt)
-    _, ref_h = M4MTransformer.__call__(m, ref, return_hidden=True)
-    _, tgt_h = M4MTransformer.__call__(m, tgt, return_hidden=True)
+    seen_kv, seen_q, ref_h, tgt_h = _spied_forwards(m, ref, tgt, seen_kv, seen_q)
     assert len(seen_kv) == len(seen_q) == 2
     for n, layer in enumerate([0, 2]):
         np.testing.assert_allclose(seen_kv[n][0], ref_h[layer], atol=1e-5)
@@ -213,9 +228,7 @@ def test_adapter_norm_hands_the_adapters_layernormed_states(monkeypatch):
     monkeypatch.setattr(ad.CrossAdapter, "__call__",
                         lambda s, h, i, kv, **kw: (seen_q.append(h), orig_call(s, h, i, kv, **kw))[1])
     ref, tgt = tokens(1, F1), tokens(2, F2)
-    m.link_forward(ref, tgt)
-    _, ref_h = M4MTransformer.__call__(m, ref, return_hidden=True)
-    _, tgt_h = M4MTransformer.__call__(m, tgt, return_hidden=True)
+    seen_kv, seen_q, ref_h, tgt_h = _spied_forwards(m, ref, tgt, seen_kv, seen_q)
     norm = lambda x: (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)  # noqa: E731
     np.testing.assert_allclose(seen_kv[0], norm(np.asarray(ref_h[0])), atol=1e-4)
     np.testing.assert_allclose(seen_q[0], norm(np.asarray(tgt_h[0])), atol=1e-4)
@@ -275,7 +288,8 @@ def test_cached_steps_equal_the_full_forward(kind):
 
 
 def test_greedy_generate_follows_the_teacher_forced_argmax():
-    m = linked.LinkedModel(tiny_cfg(), tiny_link("fa_cross"), rngs=nnx.Rngs(1))
+    # 4 layers (two adapters): the model shape of test_adapter_scale_zero..., so both use one compiled sampler
+    m = linked.LinkedModel(tiny_cfg(layers=4), tiny_link("fa_cross"), rngs=nnx.Rngs(1))
     randomize(m, AdapterParam, 10)
     ref = tokens(1, F1)
     out = np.asarray(linked.generate(m, ref, jax.random.key(0), n_frames=4, temperature=0.0, scale=0.5))
@@ -479,3 +493,50 @@ def test_reference_sounding_is_identity_at_init_and_then_reads_the_sounding_pitc
     assert on.sounding_embed.shape == (128, 32) and isinstance(on.sounding_embed, AdapterParam)
     on.sounding_embed[...] = jax.random.normal(jax.random.key(0), (128, 32))
     assert np.abs(link_logits(on, ref, tgt) - link_logits(off, ref, tgt)).max() > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["fa_self", "fa_cross"])
+def test_target_sounding_adds_the_music_under_the_predicted_frame(kind):
+    """link.target_sounding: zero at init (logits equal the switch off); with its projection W set, the global
+    input that predicts target frame j (fa_self: sequence position F1 + j; fa_cross: j) gains W[p] for each pitch
+    p sounding in the reference at frame j, and nothing else changes; the cached sampler computes the same."""
+    from unittest import mock
+
+    lk = tiny_link(kind, target_sounding=True, lora_dropout=0.0)
+    m = linked.LinkedModel(tiny_cfg(dropout=0.0), lk, rngs=nnx.Rngs(1))
+    off = linked.LinkedModel(tiny_cfg(dropout=0.0), tiny_link(kind, lora_dropout=0.0), rngs=nnx.Rngs(1))
+    nnx.update(m, nnx.state(off, nnx.Param))
+    tgt = tokens(2, F2)
+    ref = np.full((B, F1, L), 3329, np.int32)
+    ref[:, :, 0] = 3328  # silent frames, but frame 2: C4 for 2 frames (duration class 1), a drum (never sounds)
+    ref[:, 2, :5] = [0, 60 + 128 * 2, 127, 36 + 128 * 2, 3328]
+    ref = jnp.asarray(ref)
+    np.testing.assert_allclose(link_logits(m, ref, tgt), link_logits(off, ref, tgt), atol=1e-6)
+    W = jax.random.normal(jax.random.key(0), (128, 32))
+    m.target_sounding_embed[...] = W
+    seen = []
+    real = linked.LinkedModel.global_decode
+
+    def spy(self, h, *a, **kw):
+        seen.append(h)
+        return real(self, h, *a, **kw)
+
+    def target_pass_input(model, r, t):
+        model.link_forward(r, t)
+        return seen[-1]  # the target pass's (fa_cross runs the reference's first)
+
+    with mock.patch.object(linked.LinkedModel, "global_decode", spy):
+        h_on, h_off = (np.asarray(nnx.jit(target_pass_input)(x, ref, tgt)) for x in (m, off))
+    want = np.zeros_like(h_on)
+    first = F1 if kind == "fa_self" else 0  # where the input predicting target frame 0 sits
+    want[:, first + 2] = want[:, first + 3] = W[60] * np.sqrt(32)  # C4 sounds at frames 2 and 3 (gain sqrt(width))
+    np.testing.assert_allclose(h_on - h_off, want, atol=1e-5)
+    randomize(m, AdapterParam, 9)
+    g_full, _, _ = nnx.jit(lambda m, r, t: m.link_forward(r, t))(m, ref, tgt)
+    enc = nnx.jit(lambda m, r, p: linked.encode_reference(m, r, F2 - p.shape[1], p))
+    step = nnx.jit(lambda m, s, f: linked.target_step(m, s, f))
+    for f0 in (0, 2):
+        state = enc(m, ref, tgt[:, :f0])
+        for t in range(f0, F2):
+            np.testing.assert_allclose(state.g, g_full[:, t], atol=1e-4, err_msg=f"{kind} frame {t}")
+            state = step(m, state, tgt[:, t])

@@ -61,7 +61,7 @@ def test_global_kv_cache_matches_full(model):
     h = jax.random.normal(jax.random.key(0), (2, 7, 32))
     full, _, _ = nnx.jit(lambda m, h: m.global_decode(h))(model, h)
     cache = model.init_global_cache(2, 10)
-    out1, _, cache = model.global_decode(h[:, :3], cache=cache, cache_index=0)  # prefill 3
+    out1, _, cache = jglobal(model, h[:, :3], cache, 0)  # prefill 3
     steps = [out1]
     for t in range(3, 7):
         o, _, cache = jglobal(model, h[:, t:t + 1], cache, t)
@@ -107,10 +107,11 @@ def test_causality_over_frames_and_tokens(model):
 def test_loss_ignores_pad():
     cfg = tiny_cfg()
     tok = tokens(4)
-    logits = jax.random.normal(jax.random.key(1), tok.shape + (cfg.vocab_size,))
-    loss, aux = lm_loss(logits, tok, cfg.pad_id)
-    noisy = jnp.where((tok == cfg.pad_id)[..., None], logits * 5 + 3, logits)
-    loss2, aux2 = lm_loss(noisy, tok, cfg.pad_id)
+    logits = jnp.asarray(np.random.default_rng(1).normal(size=tok.shape + (cfg.vocab_size,)), jnp.float32)
+    loss_of = jax.jit(lm_loss, static_argnums=2)  # one program for both calls (eager: one per primitive)
+    loss, aux = loss_of(logits, tok, cfg.pad_id)
+    noisy = np.where((np.asarray(tok) == cfg.pad_id)[..., None], np.asarray(logits) * 5 + 3, logits)
+    loss2, aux2 = loss_of(jnp.asarray(noisy), tok, cfg.pad_id)
     assert np.isclose(loss, loss2) and aux["tokens"] == int((tok != cfg.pad_id).sum()) == aux2["tokens"]
     assert 0.0 <= aux["accuracy"] <= 1.0
 
@@ -283,10 +284,11 @@ def test_block_matches_the_layer_written_out(norm):
         getattr(blk, name)[...] = jnp.asarray(rng.normal(1.0 if "scale" in name else 0.0, 0.5, 16), jnp.float32)
     x = rng.normal(0, 2, (1, 5, 16))
     half = jnp.zeros((1, 5, 1, 4))
-    y, _ = blk(jnp.asarray(x, jnp.float32), half, half + 1, None)
+    y, _ = nnx.jit(lambda b, x, s, c: b(x, s, c, None))(blk, jnp.asarray(x, jnp.float32), half, half + 1)
     np.testing.assert_allclose(np.asarray(y[0]), _np_block(blk, x[0], norm), atol=2e-4, rtol=1e-4)
     stack = Stack(1, 16, 2, 32, dropout=0.0, eps=1e-6, norm=norm, rngs=nnx.Rngs(3))
-    out, hiddens, _ = stack(jnp.asarray(x, jnp.float32), jnp.zeros((1, 5), jnp.int32), None)
+    out, hiddens, _ = nnx.jit(lambda st, x, p: st(x, p, None))(stack, jnp.asarray(x, jnp.float32),
+                                                                 jnp.zeros((1, 5), jnp.int32))
     assert hasattr(stack, "final_ln_scale") == (norm == "pre")
     if norm == "pre":  # unit variance per vector after the final LayerNorm (scale 1, bias 0 at init)
         np.testing.assert_allclose(np.asarray(out).std(-1), 1.0, atol=1e-3)
@@ -300,7 +302,7 @@ def test_pre_norm_model_caches_match_full():
     h = jax.random.normal(jax.random.key(0), (2, 6, 32))
     full, _, _ = nnx.jit(lambda m, h: m.global_decode(h))(m, h)
     cache = m.init_global_cache(2, 8)
-    out1, _, cache = m.global_decode(h[:, :2], cache=cache, cache_index=0)
+    out1, _, cache = jglobal(m, h[:, :2], cache, 0)
     steps = [out1]
     for t in range(2, 6):
         o, _, cache = jglobal(m, h[:, t:t + 1], cache, t)
@@ -320,22 +322,36 @@ def test_last_layer_queries_equal_the_full_stack(norm):
     for blk in stack.blocks:  # LoRA nonzero on query and value
         blk.lora_b[...] = jnp.asarray(rng.normal(0, 0.3, blk.lora_b.shape), jnp.float32)
     x = jnp.asarray(rng.normal(0, 1, (3, 7, 16)), jnp.float32)
-    pos = jnp.broadcast_to(jnp.arange(7), (3, 7))
-    mask = jnp.asarray(rng.random((3, 1, 7)) < 0.7).at[:, :, 0].set(True)  # a PAD-style key mask
-    for m in (mask, causal_mask(7)):
-        full, hid_full, _ = stack(x, pos, m)
-        for n in (1, 3):
-            part, hid, _ = stack(x, pos, m, last_queries=n)
+    pos = jnp.asarray(np.broadcast_to(np.arange(7), (3, 7)))
+    mask = rng.random((3, 1, 7)) < 0.7
+    mask[:, :, 0] = True  # a PAD-style key mask
+
+    @nnx.jit
+    def stacks(stack, x, pos, mask):  # one program: every stack run below (eager: one per primitive and shape)
+        out = []
+        for m in (mask, causal_mask(7)):
+            full, hid_full, _ = stack(x, pos, m)
+            out.append((full, hid_full, [stack(x, pos, m, last_queries=n)[:2] for n in (1, 3)]))
+        return out
+
+    for full, hid_full, parts in stacks(stack, x, pos, jnp.asarray(mask)):
+        for n, (part, hid) in zip((1, 3), parts):
             assert part.shape == (3, n, 16)
             np.testing.assert_allclose(part, full[:, :n], atol=1e-5)
             np.testing.assert_allclose(hid[-1], hid_full[-1], atol=1e-6)  # the last layer's input is untouched
     # the model's frame vectors are the full local encoder's first position
     mdl = M4MTransformer(tiny_cfg(norm=norm, local_layers=2, local_pad_mask=True), rngs=nnx.Rngs(2))
     tk = tokens(3, cfg=mdl.cfg)
-    frames, _ = mdl.local_encode(tk)
     B, F, L = tk.shape
-    ids = jnp.concatenate([jnp.full((B * F, 1), mdl.cfg.sos_id), tk.reshape(B * F, L)], 1)
-    emb = jnp.take(mdl.embed[...], ids, axis=0)
-    h, _, _ = mdl.local_encoder(emb, jnp.broadcast_to(jnp.arange(L + 1), (B * F, L + 1)),
-                                (ids != mdl.cfg.pad_id)[:, None, :])
-    np.testing.assert_allclose(frames, h[:, 0].reshape(B, F, -1), atol=1e-5)
+
+    @nnx.jit
+    def frames_both_ways(mdl, tk):
+        frames, _ = mdl.local_encode(tk)
+        ids = jnp.concatenate([jnp.full((B * F, 1), mdl.cfg.sos_id), tk.reshape(B * F, L)], 1)
+        emb = jnp.take(mdl.embed[...], ids, axis=0)
+        h, _, _ = mdl.local_encoder(emb, jnp.broadcast_to(jnp.arange(L + 1), (B * F, L + 1)),
+                                    (ids != mdl.cfg.pad_id)[:, None, :])
+        return frames, h[:, 0].reshape(B, F, -1)
+
+    frames, want = frames_both_ways(mdl, tk)
+    np.testing.assert_allclose(frames, want, atol=1e-5)

@@ -44,14 +44,15 @@ def test_generate_deterministic_layout_and_prompt_kept(model):
     assert (a != c).any()
     np.testing.assert_array_equal(a[:, :4], p)
     check_layout(a[:, 4:], cfg)
-    check_layout(generate(model, p, 2, jax.random.key(2), temperature=1.5, top_p=0.9)[:, 4:], cfg)
+    # the same program as above (temperature and top_p are traced; n_frames and shapes are not)
+    check_layout(generate(model, p, 5, jax.random.key(2), temperature=1.5, top_p=0.9)[:, 4:], cfg)
 
 
 def test_greedy_matches_full_forward_and_single_prompts(model):
     """Cached greedy decoding == argmax of teacher-forced full passes; a batch == its prompts one by one."""
     cfg = model.cfg
     p = prompts(cfg, seed=1)
-    n, L = 2, cfg.max_frame_tokens
+    n, L = 5, cfg.max_frame_tokens  # the batch's program is test_generate_deterministic...'s (same shapes)
     out = np.asarray(generate(model, p, n, jax.random.key(0), temperature=0.0))
     fwd = nnx.jit(lambda m, t: m(t))
     buf = np.concatenate([np.asarray(p), np.full((3, n, L), cfg.pad_id, np.int32)], 1)
@@ -80,13 +81,19 @@ def test_empty_prompt_and_bad_input(model):
         generate(model, jnp.zeros((2, 3, 5), jnp.int32), 2, jax.random.key(0))
 
 
+@jax.jit
+def _draws(logits, keys, temperature, top_p):
+    """sample_logits(logits [1,V]) once per key, in one compiled program (shared by the tests below)."""
+    return jax.vmap(lambda k: sample_logits(logits, k, temperature, top_p))(keys)
+
+
 def test_top_p_keeps_only_the_nucleus():
-    logits = jnp.log(jnp.array([[0.6, 0.3, 0.05, 0.05]]))
-    draws = jax.vmap(lambda k: sample_logits(logits, k, jnp.float32(1.0), jnp.float32(0.8)))(
-        jax.random.split(jax.random.key(0), 200))
+    logits = jnp.asarray(np.log(np.array([[0.6, 0.3, 0.05, 0.05]], np.float32)))
+    keys = jax.random.split(jax.random.key(0), 200)
+    draws = _draws(logits, keys, jnp.float32(1.0), jnp.float32(0.8))
     assert set(np.unique(draws)) == {0, 1}
-    greedy = sample_logits(logits, jax.random.key(0), jnp.float32(0.0), jnp.float32(1.0))
-    assert int(greedy[0]) == 0
+    greedy = _draws(logits, keys, jnp.float32(0.0), jnp.float32(1.0))  # temperature 0: the argmax, every key
+    assert (np.asarray(greedy) == 0).all()
 
 
 def _nucleus_by_sorting(p: np.ndarray, top_p: float) -> set[int]:
@@ -105,8 +112,8 @@ def test_sampled_frequencies_follow_the_renormalised_nucleus(spread):
     p /= p.sum()
     kept = _nucleus_by_sorting(p, top_p)
     assert (len(kept) > 64) == (spread < 1)  # the flat row really needs the fallback
-    draws = np.asarray(jax.vmap(lambda k: sample_logits(jnp.asarray(logits)[None], k, jnp.float32(1.0),
-                                                        jnp.float32(top_p)))(jax.random.split(jax.random.key(1), n)))
+    draws = np.asarray(_draws(jnp.asarray(logits[None]), jax.random.split(jax.random.key(1), n), jnp.float32(1.0),
+                              jnp.float32(top_p)))
     assert set(np.unique(draws)) <= kept
     want = np.zeros(V)
     want[list(kept)] = p[list(kept)] / p[list(kept)].sum()
@@ -115,8 +122,8 @@ def test_sampled_frequencies_follow_the_renormalised_nucleus(spread):
     if spread < 1:  # the draws reach beyond the 64 most likely tokens
         assert len(set(np.unique(draws)) - set(np.argsort(-p)[:64].tolist())) > 50
     # temperature 2 flattens the same row: the top token's share drops toward its tempered probability
-    hot = np.asarray(jax.vmap(lambda k: sample_logits(jnp.asarray(logits)[None], k, jnp.float32(2.0),
-                                                      jnp.float32(1.0)))(jax.random.split(jax.random.key(2), n)))
+    hot = np.asarray(_draws(jnp.asarray(logits[None]), jax.random.split(jax.random.key(2), n), jnp.float32(2.0),
+                            jnp.float32(1.0)))
     q = np.exp(logits / 2 - (logits / 2).max())
     q /= q.sum()
     assert abs((hot == p.argmax()).mean() - q.max()) < 4 * np.sqrt(q.max() * (1 - q.max()) / n) + 1e-3
@@ -125,6 +132,7 @@ def test_sampled_frequencies_follow_the_renormalised_nucleus(spread):
 def test_inverse_cdf_never_returns_a_zero_weight_token():
     from m4mjax.sample import _inverse_cdf
 
+    _inverse_cdf = jax.jit(_inverse_cdf)  # one program per shape (eager: one per primitive)
     w = np.zeros((3, 3331), np.float32)  # like banned SOS/PAD at the end of the vocabulary
     w[0, [5, 700, 3300]] = [0.2, 0.3, 0.5]
     w[1, :3328] = 1.0

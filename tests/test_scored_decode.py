@@ -6,6 +6,7 @@ here by its teacher-forced ``local_decode`` (the full causal pass, not the trie'
 """
 from __future__ import annotations
 
+import functools
 import types
 
 import jax
@@ -25,6 +26,9 @@ MOD = 65521
 class HandSetModel:
     """local_step: the state is a running hash of (position, input); logits = TABLE[hash % rows]."""
 
+    CFG = ml_collections.FrozenConfigDict(dict(max_frame_tokens=L, vocab_size=V, sos_id=tok.SOS, pad_id=tok.PAD,
+                                               eos_id=tok.EOS, row_format="eos"))
+
     def __init__(self, seed: int = 0, rows: int = 509):
         rng = np.random.default_rng(seed)
         table = rng.normal(0.0, 1.0, (rows, V)).astype(np.float32)
@@ -40,8 +44,15 @@ class HandSetModel:
         t64 = table.astype(np.float64)
         self.np_logp = t64 - np.logaddexp.reduce(t64, axis=1, keepdims=True)
         self.dtype = jnp.float32
-        self.cfg = ml_collections.FrozenConfigDict(dict(max_frame_tokens=L, vocab_size=V, sos_id=tok.SOS,
-                                                        pad_id=tok.PAD, eos_id=tok.EOS, row_format="eos"))
+        self.cfg = self.CFG
+
+    @classmethod
+    def reading(cls, table):
+        """The model's rule over ``table`` (traced: the jitted helpers below take the table as an input rather than
+        baking a 509 x V constant into each program, so models with different tables share one compiled program)."""
+        m = cls.__new__(cls)
+        m.table, m.dtype, m.cfg = table, jnp.float32, HandSetModel.CFG
+        return m
 
     def init_local_cache(self, n):
         return [jnp.zeros((n,), jnp.int32)]
@@ -85,6 +96,16 @@ def _brute_force(model, g_row, max_notes, basses=12):
     return float(np.logaddexp.reduce(lp0[1:])), out, d
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _score_rows(table, g, max_notes, basses):
+    return cd.score_rows(HandSetModel.reading(table), g, max_notes, basses)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _scored_frame(table, g, open_mode, basses):
+    return cd.scored_frame(HandSetModel.reading(table), g, open_mode, basses=basses)
+
+
 def _rows_of(scores, b):
     got = {}
     for s, p in zip(np.asarray(scores.rows[b]), np.asarray(scores.pitches[b])):
@@ -116,7 +137,7 @@ def test_candidates_are_every_quality_root_and_inversion_in_layout_order():
 def test_every_candidate_score_equals_brute_force_with_a_hand_set_model(seed):
     model = HandSetModel(seed)
     g = jnp.array([[3.0], [11.0], [29.0]])
-    sc = jax.jit(lambda g: cd.score_rows(model, g, 8, 12))(g)
+    sc = _score_rows(model.table, g, 8, 12)
     for b in range(g.shape[0]):
         none, want, d = _brute_force(model, np.asarray(g[b]), 8)
         assert int(sc.duration[b]) == d
@@ -130,7 +151,7 @@ def test_every_candidate_score_equals_brute_force_with_a_hand_set_model(seed):
 def test_fewer_basses_score_the_brute_force_restricted_to_the_likeliest_basses():
     model = HandSetModel(5)
     g = jnp.array([[7.0], [13.0]])
-    sc = jax.jit(lambda g: cd.score_rows(model, g, 8, 3))(g)
+    sc = _score_rows(model.table, g, 8, 3)
     for b in range(2):
         _, want, _ = _brute_force(model, np.asarray(g[b]), 8, basses=3)
         got = _rows_of(sc, b)
@@ -143,7 +164,7 @@ def test_fewer_basses_score_the_brute_force_restricted_to_the_likeliest_basses()
 def test_scored_frame_writes_the_best_row_then_decodes_the_rest_greedily(open_mode):
     model = HandSetModel(3)
     g = jnp.array([[float(x)] for x in range(40)])
-    frames = np.asarray(jax.jit(lambda g: cd.scored_frame(model, g, open_mode, basses=12))(g))
+    frames = np.asarray(_scored_frame(model.table, g, open_mode, 12))
     opened = 0
     for b in range(g.shape[0]):
         none, want, d = _brute_force(model, np.asarray(g[b]), 8)

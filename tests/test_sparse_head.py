@@ -63,8 +63,9 @@ def test_sparse_head_loss_equals_dense_and_its_definition():
 
 
 def _tiny(**kw):
+    """One layer per stack: the head's capacity cannot interact with depth (smaller programs to compile)."""
     cfg = model_config(0)
-    cfg.update(width=32, layers=2, heads=2, ffn=64, local_layers=1, local_heads=2, local_ffn=32,
+    cfg.update(width=32, layers=1, heads=2, ffn=64, local_layers=1, local_heads=2, local_ffn=32,
                max_frame_tokens=9, dropout=0.0, **kw)
     return cfg
 
