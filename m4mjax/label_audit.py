@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from m4mjax import tokenizer as tok
+from m4mjax.linked import sounding_pitches
 from m4mjax.run import cli
 
 
@@ -79,14 +80,10 @@ def chord_support(reference: np.ndarray, target: np.ndarray) -> tuple[int, int]:
     classes some pitched (non-drum) note of the music rows ``reference`` [F, L] sounds while the chord lasts (a note
     sounds from its frame for its duration class's frames). The data audit: on aligned windows most chord tones
     sound in the music; on misaligned ones (a transform that moved one stream and not the other) few do."""
-    F = reference.shape[0]
-    music = tok.tokens_to_notes(reference)
-    sounding = np.zeros((F + 1, 12), np.int32)  # difference array over frames, per pitch class
-    music = music[music[:, tok.INSTRUMENT] != tok.DRUM]
-    ends = np.minimum(music[:, tok.FRAME] + tok.DURATION_FRAMES[music[:, tok.DURATION]], F)
-    np.add.at(sounding, (music[:, tok.FRAME], music[:, tok.PITCH] % 12), 1)
-    np.add.at(sounding, (ends, music[:, tok.PITCH] % 12), -1)
-    on = np.cumsum(sounding, 0)[:F] > 0
+    pitches = np.asarray(sounding_pitches(jnp.asarray(reference[None], jnp.int32)))[0]  # [F, 128]
+    on = np.zeros((reference.shape[0], 12), bool)
+    for pc in range(12):
+        on[:, pc] = pitches[:, pc::12].any(-1)
     labels = tok.tokens_to_notes(target)
     chords = labels[labels[:, tok.INSTRUMENT] == 0]
     hit = total = 0
