@@ -21,6 +21,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_backend_optimization_level" not in _flags:  # set it in XLA_FLAGS to test optimised code
     _flags += " --xla_backend_optimization_level=0"
+if "xla_cpu_use_fusion_emitters" not in _flags:  # the legacy CPU emitters compile the tiny test programs faster
+    _flags += " --xla_cpu_use_fusion_emitters=false"
+if "xla_cpu_parallel_codegen_split_count" not in _flags:  # one codegen unit: no split/link overhead per program
+    _flags += " --xla_cpu_parallel_codegen_split_count=1"
 os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
