@@ -275,6 +275,7 @@ def test_fa_self_logits_match_pytorch(tmp_path):
     close(ct.logits(str(tmp_path / "w"), x2.numpy(), reference=x1.numpy()), want)
 
 
+@pytest.mark.integration  # a real-size (size-1) model converted and sampled
 def test_size1_checkpoint_converts_samples_and_matches(tmp_path):
     """The released size: official names/shapes, learned tables -> 111.8M parameters; logits match; samples."""
     import jax

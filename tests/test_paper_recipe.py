@@ -95,6 +95,7 @@ def test_adamw_updates_match_torch():
     np.testing.assert_allclose(np.asarray(w), p.detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.integration  # runs :paper train steps
 def test_paper_has_no_clipping_and_microbatching_gives_the_same_step():
     from m4mjax import steps as steps_lib
     from m4mjax.run import mesh as mesh_lib

@@ -54,6 +54,7 @@ def test_loss_values_ae_kl_zero_and_weights():
     assert float(t2["self_x"]) == pytest.approx(float(t["self_x"]), rel=1e-6)
 
 
+@pytest.mark.integration  # trains several steps
 def test_seed_axis_equals_independent_seeds_and_loss_decreases():
     cfg = audio_config(freq_bins=F, batch_size=3, K=2)
     data = jax.random.uniform(jax.random.key(1), (4, 6, F, 5))
