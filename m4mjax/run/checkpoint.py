@@ -15,7 +15,9 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import threading
+import time
 from typing import Any
 
 import jax
@@ -56,6 +58,7 @@ def _orbax_noise(u) -> bool:
 
 def _quiet_failed_reads() -> None:
     """After a failed restore, drop the failed read's leftover unraisable errors (and nothing else)."""
+    _settle_failed_reads()
     previous = sys.unraisablehook
     if getattr(previous, "_m4mjax", False):
         return
@@ -66,6 +69,30 @@ def _quiet_failed_reads() -> None:
 
     hook._m4mjax = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
+
+
+def _settle_failed_reads(seconds: float = 1.0) -> None:
+    """A failed Orbax read leaves TensorStore threads finishing its other reads; they print "Event loop is closed"
+    tracebacks straight to fd 2 (no Python hook sees them). Hold fd 2 in a file while they finish, then pass on
+    everything else that was written meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            time.sleep(seconds)
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        held.seek(0)
+        text = held.read().decode(errors="replace")
+    if "Event loop is closed" in text:  # the threads' tracebacks may interleave: drop their lines, keep the rest
+        text = "".join(ln for ln in text.splitlines(True) if not (
+            ln.startswith((" ", "\t", "Traceback (most recent call last):", "RuntimeError: Event loop is closed"))
+            or not ln.strip()))
+    if text.strip():
+        sys.stderr.write(text)
 
 
 def _target(like: Any) -> Any:
@@ -141,7 +168,8 @@ class Checkpointer:
             return None
         s, why = failed[0]
         older = f"; so are steps {', '.join(str(f) for f, _ in failed[1:])}" if len(failed) > 1 else ""
-        raise UserError(f"checkpoint step {s} is unreadable ({why}){older}", self.directory) from errors[0]
+        raise UserError(f"checkpoint step {s} is unreadable ({why}){older}", self.directory,
+                        reads_in_flight=True) from errors[0]
 
     def _restore_step(self, step: int, abstract: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         args = {k: ocp.args.StandardRestore(_target(v)) for k, v in abstract.items()}
@@ -240,7 +268,7 @@ def restore_params(workdir: str, like: Any = None, step: int | None = None, item
             meta = handler.metadata(epath.Path(path))
             meta = getattr(meta, "tree", meta)
         except Exception as e:  # noqa: BLE001
-            raise UserError(f"checkpoint step {found} is unreadable ({_reason(e)})", path) from e
+            raise UserError(f"checkpoint step {found} is unreadable ({_reason(e)})", path, reads_in_flight=True) from e
         if like is not None:
             saved, wanted = _flat(meta), _flat(_target(like))
             diff = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
@@ -253,7 +281,7 @@ def restore_params(workdir: str, like: Any = None, step: int | None = None, item
             out = handler.restore(epath.Path(path), args=ocp.args.StandardRestore(target))
         except Exception as e:  # noqa: BLE001
             _quiet_failed_reads()
-            raise UserError(f"checkpoint step {found} is unreadable ({_reason(e)})", path) from e
+            raise UserError(f"checkpoint step {found} is unreadable ({_reason(e)})", path, reads_in_flight=True) from e
     finally:
         handler.close()
     return out if like is None else _fill(like, out)

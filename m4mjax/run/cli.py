@@ -28,8 +28,10 @@ class UserError(ValueError):
     """A user's mistake (bad file, flag value, config key, missing workdir): reported as ONE line
     ``<command>: error: <what> (<where>)`` on stderr with exit status 2 and no traceback."""
 
-    def __init__(self, what: str, where: str | None = None):
-        self.what, self.where = what, where
+    def __init__(self, what: str, where: str | None = None, *, reads_in_flight: bool = False):
+        # reads_in_flight: raised after a failed Orbax read, whose TensorStore threads may still print
+        # "Event loop is closed" tracebacks until the process exits (report_errors then silences stderr)
+        self.what, self.where, self.reads_in_flight = what, where, reads_in_flight
         super().__init__(f"{what} ({where})" if where else what)
 
 
@@ -65,6 +67,10 @@ def report_errors(command: str) -> Iterator[None]:
             raise
         line = " ".join(str(e).split())  # one line, whatever the message held
         print(f"{command}: error: {line}", file=sys.stderr, flush=True)
+        if e.reads_in_flight:  # the line is said; what the failed read's threads print while exiting is noise
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            sys.stderr = open(os.devnull, "w")
         sys.exit(2)
 
 
