@@ -9,7 +9,9 @@ the run's teacher-forced logits (``link_logits``) against the true label tokens,
 * ``chord_note``: pitch tokens of chord notes, exact (pitch and duration) given the true previous tokens;
 * ``chord_pc``: the same, pitch class only;
 * ``beat``: the beat track's drum pitch tokens; ``eos``: end-of-frame tokens after the first position;
-* ``chord_row``: whole chord rows (every token of the row argmax-right): what greedy decoding gets right.
+* ``chord_row``: whole chord rows (every token of the row argmax-right): what greedy decoding gets right;
+* ``bass`` / ``bass_pc``: the first chord note of each opened row (exact / pitch class): the note nothing in the row
+  gives away (the later notes follow from it and the chord vocabulary), so the one that shows reading the music.
 
 The learning-curve companion of the free-running scores (``analysis_eval``): a defect in decoding shows as good
 teacher-forced and bad free-running numbers; under-training as both low. ``--reference=other`` (each window read
@@ -54,7 +56,10 @@ def class_stats(pred: np.ndarray, target: np.ndarray) -> dict[str, tuple[int, in
                          int(chord_pd.sum())),
             "beat": (int((right & beat_pd).sum()), int(beat_pd.sum())),
             "eos": (int((right & eos).sum()), int(eos.sum())),
-            "chord_row": (int(chord_rows.sum()), int(opens.sum()))}
+            "chord_row": (int(chord_rows.sum()), int(opens.sum())),
+            # the first chord note of an opened row: the bass, the one note the row's earlier tokens do not give
+            "bass": (int((right[:, 1] & opens).sum()), int(opens.sum())),
+            "bass_pc": (int((pc[:, 1] & opens).sum()), int(opens.sum()))}
 
 
 REFERENCES = ("true", "other", "empty")

@@ -24,6 +24,11 @@ def test_class_stats_counts_by_hand():
     assert got["chord_note"] == (3, 5) and got["chord_pc"] == (4, 5)
     assert got["beat"] == (1, 2) and got["eos"] == (3, 3)  # EOS at position > 0 in rows 0, 1 and 2
     assert got["chord_row"] == (0, 2)  # both chord rows have a wrong note
+    assert got["bass"] == (2, 2) and got["bass_pc"] == (2, 2)  # both basses right (36, 41)
+    pred[2, 1] = d(41 + 12, 7)  # the second chord's bass an octave up
+    pred[0, 1] = d(37, 7)  # the first chord's bass a semitone off
+    got = label_audit.class_stats(pred, target)
+    assert got["bass"] == (0, 2) and got["bass_pc"] == (1, 2)
 
 
 def test_reference_ablation_rows():
