@@ -3,7 +3,8 @@
 - 8 fake CPU devices, for the sharding tests; the tiny configs run on one (m4m_fixtures.tiny_config).
 - Compiling is most of the suite's time (hundreds of tiny eager-op programs per test, and the :tiny train steps
   that each `train()` call and entry-point subprocess re-jits), so: XLA's backend at -O0 (compiles ~1.5x faster;
-  the tiny programs run no slower to matter), and a persistent compilation cache in .cache/jax (gitignored) for
+  the tiny programs run no slower to matter) with the legacy CPU emitters and one codegen split (together the whole
+  suite 17 -> 9 min, docs/RESULTS.md), and a persistent compilation cache in .cache/jax (gitignored) for
   programs that take >= 1 s to compile, shared by the xdist workers and the subprocesses (they inherit the
   environment). Not size-capped: with a cap jax rescans every entry under a lock on each write, which made the
   suite ~10x slower as the cache grew.
