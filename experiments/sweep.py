@@ -10,7 +10,6 @@ every override key are checked against the file's ``get_config`` first, so a bad
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shlex
 import subprocess
@@ -21,14 +20,14 @@ from m4mjax.run import cli, flag_errors
 
 
 def load_experiment(path: str):
-    """Import an experiment config file by path."""
+    """An experiment config file, imported as its package module (experiments/m4m/analysis.py ->
+    ``experiments.m4m.analysis``: the module ``import`` gives and --config=FILE runs)."""
     if not os.path.isfile(path):
         raise cli.UserError("no such experiment file", path)
-    spec = importlib.util.spec_from_file_location("experiment", path)
-    if spec is None or spec.loader is None:
-        raise cli.UserError("cannot import experiment file (not a .py file?)", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = cli.import_config_module(path)
+    if mod is None:
+        raise cli.UserError("cannot import experiment file (not a .py file in an importable package such as "
+                            "experiments/?)", path)
     return mod
 
 

@@ -57,14 +57,17 @@ def _lm_loss(model: nnx.Module, batch: dict, key: jax.Array | None) -> tuple[jax
 
 # --- function alignment ------------------------------------------------------------------------------
 def resolved(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """``cfg`` with every value its task derives filled in (a link's LoRA rank/alpha from its kind), so the
-    ``config.json`` a run writes says what was trained; idempotent."""
+    """``cfg`` with every value its task derives filled in (a link's LoRA rank/alpha from its kind, the target
+    stream's row length 0 = the reference's), so the ``config.json`` a run writes says what was trained;
+    idempotent."""
     if "link" not in cfg:
         return cfg
     from m4mjax import linked
 
     out = ml_collections.ConfigDict(cfg.to_dict())
     out.link = linked.resolve_link(cfg.link)
+    if "target_frame_tokens" in out.data and not out.data.target_frame_tokens:
+        out.data.target_frame_tokens = out.data.max_frame_tokens  # as the data pipeline reads a 0
     return out
 
 

@@ -24,29 +24,16 @@ lm_pretrain.py:base's, init_from workdirs/lm_base, 4-bar windows, 17-slot target
 Switches: ``--config.link.kind=fa_self|fa_cross|seq2seq`` (LoRA rank/alpha follow the kind while left at 0),
 ``--config.link.train=link|full``; from scratch = ``link.train=full`` with an empty ``init_from``.
 """
-import importlib.util
-import os
-
-from m4mjax.run.cli import UserError
-
-
-def _finetune():
-    spec = importlib.util.spec_from_file_location(
-        "_m4m_finetune", os.path.join(os.path.dirname(os.path.abspath(__file__)), "finetune.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from experiments.m4m import finetune
 
 
 def get_config(variant: str = "small"):
-    ft = _finetune()
-    if variant not in ft.FOUNDATION:
-        raise UserError(f"unknown variant {variant!r} (tiny | small | paper)", f"analysis.py:{variant}")
+    finetune.check_variant(variant, f"analysis.py:{variant}")
     # analyze / evaluate settings: temperature 0 = greedy; context = frames of the previous window's labels given
     # as the next one's prompt (set per variant); batch_size = songs decoded together (batched by length).
     # small: 100 steps, ~10-15 min here.
-    c = ft.config(variant, "analysis", "data/analysis", "analyze", small_steps=100, small_ckpt_every=25,
-                  temperature=0.0, context=0, batch_size=16)
+    c = finetune.config(variant, "analysis", "data/analysis", "analyze", small_steps=100, small_ckpt_every=25,
+                        temperature=0.0, context=0, batch_size=16)
     if variant == "small":  # CPU recipe (deviations, exact): every label row of data/analysis holds <= 8 notes, so
         # 17 target slots instead of 25; the head only on real slots (~20 % of them; a fuller batch runs dense).
         # Together 1.54x faster steps here (docs/RESULTS.md, issue 23 session 11)
@@ -62,4 +49,4 @@ SWEEP_VARIANT = "small"
 def get_sweep(variant: str = "small"):
     """The RESULTS table's rows (finetune.ROWS): both links, full fine-tuning, the same architecture from
     scratch, the seq2seq baseline."""
-    return [dict(name=f"analysis_{variant}/{row}", **over) for row, over in _finetune().ROWS.items()]
+    return [dict(name=f"analysis_{variant}/{row}", **over) for row, over in finetune.ROWS.items()]

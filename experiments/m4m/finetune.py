@@ -1,13 +1,14 @@
 """What every function-alignment experiment (analysis.py, generation.py) shares: the foundation LM's config
 (lm_pretrain.py's variant of the same size), a link, the task's data selectors, and the tiny / small / paper
-fine-tuning budgets (spec §4c for paper). Not an experiment itself (no get_config); loaded by file path, as the
-experiments are."""
-import importlib.util
-import os
-
+fine-tuning budgets (spec §4c for paper). Not an experiment itself (no get_config): the experiments import it
+(``from experiments.m4m import finetune``), as they are imported themselves, also by --config=FILE."""
 import ml_collections
 
+from experiments.m4m import lm_pretrain
+from m4mjax.run.cli import UserError
+
 FOUNDATION = {"tiny": "tiny", "small": "base", "paper": "paper"}  # the lm_pretrain.py variant each starts from
+VARIANTS = tuple(FOUNDATION)
 
 # The rows every function-alignment table has (sweep overrides): both links, full fine-tuning of the foundation,
 # the same architecture from scratch, and the paper's seq2seq baseline (spec 4c: its own sizes, from scratch).
@@ -18,13 +19,11 @@ ROWS = {"fa_self": {"link.kind": "fa_self"},
         "seq2seq": {"link.kind": "seq2seq", "link.train": "full", "link.mask_prob": 0.0, "init_from": ""}}
 
 
-def load_sibling(name: str):
-    """experiments/m4m/<name>.py as a module (experiment files are loaded by path, not as a package)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_m4m_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def check_variant(variant: str, where: str) -> str:
+    """``variant`` when it is one of VARIANTS, else the one-line UserError naming ``where`` (FILE:ARG)."""
+    if variant not in VARIANTS:
+        raise UserError(f"unknown variant {variant!r} ({' | '.join(VARIANTS)})", where)
+    return variant
 
 
 def config(variant: str, task_name: str, data_dir: str, section: str, *, small_steps: int,
@@ -35,7 +34,7 @@ def config(variant: str, task_name: str, data_dir: str, section: str, *, small_s
     from m4mjax import linked
     from m4mjax.tasks import get_task
 
-    c = load_sibling("lm_pretrain").get_config(FOUNDATION[variant])
+    c = lm_pretrain.get_config(FOUNDATION[check_variant(variant, f"finetune.py:{variant}")])
     c.task = task_name
     c.link = linked.link_config("fa_self")
     c.link.lora_rank, c.link.lora_alpha = 0, 0.0  # 0 = the kind's official value (64/128 fa_self, 16/32 fa_cross)

@@ -16,34 +16,24 @@ frames). Switches as analysis.py: ``--config.link.kind=fa_self|fa_cross|seq2seq`
 (the seq2seq baseline also needs ``--config.link.train=full --config.link.mask_prob=0 --config.init_from=``).
 A new generation task = an entry in m4mjax/tasks.py + a line in TASK_DATA below.
 """
-import importlib.util
-import os
-
+from experiments.m4m import finetune
 from m4mjax.run.cli import UserError
 
 TASK_DATA = {"chord_to_melody": "data/gen_chorales", "melody_to_chord": "data/gen_chorales",
              "drums_to_others": "data/gen_drums", "others_to_drums": "data/gen_drums"}
 
 
-def _finetune():
-    spec = importlib.util.spec_from_file_location(
-        "_m4m_finetune", os.path.join(os.path.dirname(os.path.abspath(__file__)), "finetune.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def parse_arg(arg: str) -> tuple[str, str]:
     """'TASK,VARIANT' (either order, either omitted) -> (task, variant)."""
     task, variant = "chord_to_melody", "small"
     for part in filter(None, (p.strip() for p in str(arg).split(","))):
-        if part in ("tiny", "small", "paper"):
+        if part in finetune.VARIANTS:
             variant = part
         elif part in TASK_DATA:
             task = part
         else:
-            raise UserError(f"unknown task or variant {part!r} (tasks: {', '.join(TASK_DATA)}; variants: tiny | "
-                            "small | paper)", f"generation.py:{arg}")
+            raise UserError(f"unknown task or variant {part!r} (tasks: {', '.join(TASK_DATA)}; variants: "
+                            f"{' | '.join(finetune.VARIANTS)})", f"generation.py:{arg}")
     return task, variant
 
 
@@ -51,8 +41,8 @@ def get_config(arg: str = "chord_to_melody,small"):
     task_name, variant = parse_arg(arg)
     # generate settings: sampling temperature and nucleus top-p; context = frames of the previous window's output
     # given as the next one's prompt (set per variant). small: 200 steps.
-    return _finetune().config(variant, task_name, TASK_DATA[task_name], "generate", small_steps=200,
-                              small_ckpt_every=50, temperature=1.0, top_p=0.9, context=0)
+    return finetune.config(variant, task_name, TASK_DATA[task_name], "generate", small_steps=200,
+                           small_ckpt_every=50, temperature=1.0, top_p=0.9, context=0)
 
 
 ENTRY = "m4mjax.train"
@@ -63,4 +53,4 @@ def get_sweep(arg: str = "small"):
     """One task's table rows (finetune.ROWS: both links, full fine-tuning, from scratch, seq2seq):
     ``sweep.py experiments/m4m/generation.py:TASK,VARIANT``."""
     task, variant = parse_arg(arg)
-    return [dict(name=f"generation_{variant}/{task}_{row}", **over) for row, over in _finetune().ROWS.items()]
+    return [dict(name=f"generation_{variant}/{task}_{row}", **over) for row, over in finetune.ROWS.items()]

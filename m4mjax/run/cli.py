@@ -181,10 +181,84 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 # --- trainers --------------------------------------------------------------------------------------
+def config_module_name(path: str) -> str | None:
+    """The module name a config file imports as when it lies in an importable package (every folder up to the
+    top one holds an __init__.py and the name finds this very file: experiments/m4m/analysis.py ->
+    'experiments.m4m.analysis', whatever the working directory or the spelling of the path); else None."""
+    import importlib.util
+
+    path = os.path.realpath(path)
+    if not path.endswith(".py") or not os.path.isfile(path):
+        return None
+    parts, folder = [os.path.basename(path)[:-3]], os.path.dirname(path)
+    while os.path.isfile(os.path.join(folder, "__init__.py")):
+        parts.insert(0, os.path.basename(folder))
+        folder = os.path.dirname(folder)
+    if len(parts) < 2 or not all(p.isidentifier() for p in parts):
+        return None
+    name = ".".join(parts)
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):  # its package does not import from here
+        return None
+    origin = getattr(spec, "origin", None)
+    return name if origin and os.path.realpath(origin) == path else None
+
+
+def import_config_module(path: str):
+    """The config file ``path`` as its package module (the one ``import`` gives), or None when it is in no
+    importable package (ml_collections then loads it by path)."""
+    import importlib
+
+    name = config_module_name(path)
+    return importlib.import_module(name) if name else None
+
+
+class ConfigFileParser(flags.ArgumentParser):
+    """--config's parser: ml_collections' own (``by_path``), except that a file in an importable package is
+    imported as its module (--config=experiments/m4m/analysis.py:small runs
+    ``experiments.m4m.analysis.get_config('small')``: one module object however the file is reached, and its
+    package imports work); any other file is loaded by path by ml_collections. Errors as ml_collections raises
+    them (flag_errors turns them into one line)."""
+
+    def __init__(self, by_path: flags.ArgumentParser, lock_config: bool = True):
+        self.by_path, self.lock_config = by_path, lock_config
+
+    def parse(self, argument):  # type: ignore[override]
+        import traceback
+
+        file, *arg = str(argument).split(":", 1)  # FILE[:ARG], ARG passed to get_config when given
+        module = import_config_module(file)
+        if module is None:
+            return self.by_path.parse(argument)
+        if not callable(getattr(module, "get_config", None)):
+            raise UserError("not a config file (it has no get_config())")  # absl adds the --flag=value
+        try:
+            config = module.get_config(*arg)
+        except (TypeError, ValueError) as e:  # as ml_collections: absl keeps only the message of these
+            raise type(e)("Error whilst parsing config file:\n\n" + traceback.format_exc()) from e
+        if self.lock_config and callable(getattr(config, "lock", None)):
+            config.lock()
+        return config
+
+    def flag_type(self) -> str:
+        return self.by_path.flag_type()
+
+
+def define_config_flag(name: str = "config", help_string: str = "Experiment config file, e.g. "
+                       "experiments/m4m/lm_pretrain.py:small.", flag_values: flags.FlagValues = flags.FLAGS,
+                       **kwargs: Any) -> Any:
+    """``--<name>=FILE[:variant]``: ml_collections' config-file flag (locked: a typo in --config.x=y names the bad
+    key; --config.a.b=v overrides), its file imported as a package module where it is one (ConfigFileParser)."""
+    holder = config_flags.DEFINE_config_file(name, None, help_string, flag_values=flag_values, lock_config=True,
+                                             **kwargs)
+    flag_values[name].parser = ConfigFileParser(flag_values[name].parser, lock_config=True)
+    return holder
+
+
 def define_flags(workdir_required: bool = True) -> None:
-    """--config=FILE[:variant] (locked: a typo in --config.x=y names the bad key), --workdir, --dry_run."""
-    config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. experiments/m4m/lm_pretrain.py:small.",
-                                    lock_config=True)
+    """--config=FILE[:variant] (define_config_flag), --workdir, --dry_run."""
+    define_config_flag()
     flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics.jsonl, config.json).")
     flags.DEFINE_bool("dry_run", False, "Compile the step for the configured mesh, print per-device bytes, exit.")
     flags.mark_flags_as_required(["config", "workdir"] if workdir_required else ["config"])

@@ -115,7 +115,7 @@ def as_user_error(e: Exception, argv: list[str]) -> UserError | None:
         if "Error whilst parsing config file" in text:  # get_config raised ValueError/TypeError
             last = [ln for ln in text.splitlines() if ln.strip()][-1].strip()
             m = re.match(r"flag (--[\w.-]+)=(.*?): ", text)
-            return UserError(re.sub(r"^\w+Error: ", "", last), f"{m.group(1)}={m.group(2)}" if m else None)
+            return UserError(re.sub(r"^[\w.]+Error: ", "", last), f"{m.group(1)}={m.group(2)}" if m else None)
         text = text.strip().splitlines()[0] if text.strip() else type(e).__name__  # the first of several
         m = re.match(r"flag (--[\w.-]+)=(.*?): (.*)", text, re.S)
         if m and m.group(3).startswith(f"Flag {m.group(1)} must have a value other than None"):

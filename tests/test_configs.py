@@ -1,0 +1,125 @@
+"""Experiment configs are a package (issue 21): they import each other as ``experiments.m4m.finetune`` (nothing
+under experiments/ or m4mjax/ loads a config by file path), --config=FILE imports a file of that package as its
+module (one module object however it is reached; a file in no package is still loaded by ml_collections), and
+the config.json a function-alignment run writes holds the values it trained with (LoRA rank/alpha of the kind,
+the target row length), checked against hand-written numbers."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import pytest
+from absl import flags
+
+from m4m_fixtures import REPO, tiny_config
+from m4mjax.run import cli
+
+BY_PATH = re.compile(r"spec_from_file_location|load_source|SourceFileLoader|runpy|exec_module|\bimp\.load")
+
+
+@pytest.mark.parametrize("path", sorted(p for pkg in ("experiments", "m4mjax") for p in (REPO / pkg).rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(REPO)))
+def test_nothing_loads_a_config_by_path(path):
+    hits = [ln.strip() for ln in path.read_text().splitlines() if BY_PATH.search(ln)]
+    assert not hits, f"{path.relative_to(REPO)}: {hits}"
+
+
+def test_config_module_name(monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert cli.config_module_name("experiments/m4m/analysis.py") == "experiments.m4m.analysis"
+    assert cli.config_module_name(str(REPO / "experiments/symmetry/../m4m/generation.py")) == "experiments.m4m.generation"
+    for not_one in ("README.md", "experiments/m4m", "experiments/m4m/nope.py", "experiments/__init__.py.bak", ""):
+        assert cli.config_module_name(not_one) is None, not_one
+
+
+def _parse(argv: list[str]):
+    """``argv`` parsed by a fresh flag registry holding only --config (cli.define_config_flag)."""
+    fv = flags.FlagValues()
+    cli.define_config_flag("config", flag_values=fv, sys_argv=argv)
+    fv(argv)
+    return fv.config
+
+
+@pytest.mark.parametrize("spelling", ["experiments/m4m/analysis.py", "./experiments/m4m/analysis.py",
+                                      "{repo}/experiments/symmetry/../m4m/analysis.py"])
+def test_config_flag_imports_the_package_module(spelling, monkeypatch, tmp_path):
+    """Every spelling of the path, from the repository or from elsewhere, runs experiments.m4m.analysis's own
+    get_config (patched here: a by-path load would run a fresh copy of the file instead), with overrides."""
+    from experiments.m4m import analysis
+
+    calls = []
+    real = analysis.get_config
+    monkeypatch.setattr(analysis, "get_config", lambda *a: calls.append(a) or real(*a))
+    for cwd in (REPO, tmp_path):
+        if cwd is tmp_path and not spelling.startswith("{repo}"):
+            continue
+        monkeypatch.chdir(cwd)
+        cfg = _parse(["prog", f"--config={spelling.format(repo=REPO)}:tiny", "--config.link.kind=fa_cross"])
+        assert calls.pop() == ("tiny",) and not calls
+        assert cfg.link.kind == "fa_cross" and cfg.task == "analysis" and cfg.is_locked
+        with pytest.raises(AttributeError):  # locked: a new key is a typo
+            cfg.link.lora_rnk = 3
+    assert sys.modules["experiments.m4m.analysis"] is analysis
+
+
+def test_config_flag_loads_a_file_outside_packages_by_path(tmp_path):
+    (tmp_path / "my_config.py").write_text(
+        "import ml_collections\n\ndef get_config(arg='a'):\n    return ml_collections.ConfigDict(dict(arg=arg, x=1))\n")
+    assert cli.config_module_name(str(tmp_path / "my_config.py")) is None
+    cfg = _parse(["prog", f"--config={tmp_path}/my_config.py:b", "--config.x=2"])
+    assert (cfg.arg, cfg.x) == ("b", 2)
+
+
+def test_sweep_and_flag_reach_the_same_module(monkeypatch):
+    monkeypatch.chdir(REPO)
+    from experiments import sweep
+    from experiments.m4m import analysis, finetune, generation
+
+    assert sweep.load_experiment("experiments/m4m/analysis.py") is analysis
+    assert sweep.load_experiment(str(REPO / "experiments/m4m/generation.py")) is generation
+    assert analysis.finetune is finetune and generation.finetune is finetune
+    with pytest.raises(cli.UserError, match="importable package"):
+        sweep.load_experiment(str(REPO / "README.md"))
+
+
+def test_variants_are_checked_in_one_place():
+    from experiments.m4m import analysis, generation
+
+    for get, arg, where in ((analysis.get_config, "bogus", "analysis.py:bogus"),
+                            (generation.get_config, "melody_to_chord,bogus", "generation.py:melody_to_chord,bogus")):
+        with pytest.raises(cli.UserError, match=r"'bogus' .*tiny \| small \| paper") as e:
+            get(arg)
+        assert e.value.where == where
+    assert generation.parse_arg("paper,drums_to_others") == ("drums_to_others", "paper")
+
+
+@pytest.mark.integration
+def test_config_json_records_what_was_trained(prepared_dir, tmp_path):
+    """Two tiny FA runs of generation.py:drums_to_others,tiny from scratch, LoRA rank/alpha left to the kind
+    (0): config.json says fa_cross 16/32 and, with the rank set to 8, fa_self alpha 16 (official ratio 128/64);
+    the target rows 33 tokens (tiny's model.max_frame_tokens, the default); the saved lora_b's have that rank."""
+    from m4mjax import train
+    from m4mjax.run import checkpoint
+
+    for kind, rank, want in (("fa_cross", 0, (16, 32.0)), ("fa_self", 8, (8, 16.0))):
+        cfg = tiny_config(prepared_dir, "generation", "drums_to_others,tiny",
+                          **{"link.kind": kind, "link.lora_rank": rank, "link.lora_alpha": 0.0, "init_from": "",
+                             "train.eval_every": 0, "train.steps": 1, "train.ckpt_every": 1})
+        wd = tmp_path / kind
+        train.train(cfg, str(wd))
+        saved = json.loads((wd / "config.json").read_text())
+        assert (saved["link"]["lora_rank"], saved["link"]["lora_alpha"]) == want
+        assert saved["data"]["target_frame_tokens"] == 33 and saved["data"]["max_frame_tokens"] == 33
+        assert (saved["link"]["kind"], saved["task"]) == (kind, "drums_to_others")
+        params = checkpoint.restore_params(str(wd))
+        ranks = set()
+
+        def walk(node, name=""):
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    walk(v, str(k))
+            elif name == "lora_b":
+                ranks.add(node.shape[1])  # [q|v, rank, heads, head_dim]
+        walk(params)
+        assert ranks == {want[0]}
