@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from m4mjax.layers import AdapterParam, dropout, param, torch_uniform
-from m4mjax.run.cli import UserError
+from m4mjax.run.errors import UserError
 
 KVPair = tuple[jax.Array, jax.Array]  # adapter keys/values [B, S, H, D] (projected once per reference)
 

@@ -16,147 +16,21 @@ the other files are still analysed, and the command exits 2 at the end when any 
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
-import jax
 import numpy as np
 import symusic
-from flax import nnx
 
 from m4mjax import labels
 from m4mjax import tokenizer as tok
 from m4mjax.run import cli, io
+from m4mjax.runs import TWO_STREAMS, load_run
+from m4mjax.windows import BEAT_NAME, CHORD_NAME, Result, Song, label_songs
 
-CHORD_NAME, BEAT_NAME = "m4m chords", "m4m beats"  # names of the tracks analyze adds (skipped when re-read)
 SHIPPED = Path(__file__).resolve().parents[1] / "pretrained" / "analysis"  # the analyser used without --workdir
-
-
-@dataclasses.dataclass
-class Song:
-    """One piece to label: its music notes on the 16th-note grid, its length in frames, and (held-out data only)
-    its true label notes."""
-    notes: np.ndarray
-    n_frames: int
-    labels: np.ndarray | None = None
-
-
-@dataclasses.dataclass
-class Result:
-    """A song's analysis: chord segments and downbeats in frames, and the label notes (chords, then beats)."""
-    segments: list[tuple[int, int, str]]
-    downbeats: np.ndarray
-    notes: np.ndarray
-
-
-# --------------------------------------------------------------------------------------------- the model
-def load_run(workdir: str) -> tuple[nnx.Module, object]:
-    """(model, config) of a two-stream run directory (config.json + the latest checkpointed weights)."""
-    from m4mjax import tasks
-    from m4mjax.run import checkpoint
-
-    cfg = cli.load_config(workdir)
-    task = tasks.get_task(cfg.get("task", "lm"))
-    if task.streams != ("reference", "target"):
-        raise cli.UserError(f"run of task {task.name!r} is not a reference -> target task (train analysis.py)", workdir)
-    model = nnx.eval_shape(lambda: task.build(cfg, nnx.Rngs(0)))
-    nnx.update(model, checkpoint.restore_params(workdir, nnx.state(model, nnx.Param)))
-    return model, cfg
-
-
-DECODES = ("scored", "greedy", "sample")  # chord rows scored whole (chord_decode) | argmax per token | sampled
-OPEN_MODES = ("joint", "greedy")  # scored: a chord opens when it beats "no chord" | when p(open) >= 0.5
-SCORED_BASSES = 4  # scored: candidate rows under the 4 likeliest bass pitch classes (12 = every candidate)
-
-
-def _sample(model: nnx.Module, reference: np.ndarray, prompt: np.ndarray | None, n_frames: int, rng: jax.Array,
-            temperature: float, decode: str = "sample", open_mode: str = "joint") -> np.ndarray:
-    """Target tokens [B, F0 + n_frames, L] for reference [B, F, L] after prompt [B, F0, L] (the one model call)."""
-    from m4mjax import linked
-
-    return np.asarray(linked.generate(model, reference, rng, n_frames=n_frames, prompt=prompt,
-                                      temperature=0.0 if decode == "greedy" else temperature, top_p=1.0,
-                                      scored=(open_mode, SCORED_BASSES) if decode == "scored" else None))
-
-
-# ------------------------------------------------------------------------------------------ windows
-def window_starts(n_frames: int, frames: int, context: int) -> list[int]:
-    """Start frames of the windows covering [0, n_frames): stride ``frames - context``, the last one ending at
-    the song's end (so it may overlap its predecessor by more than ``context``)."""
-    starts = [0]
-    while starts[-1] + frames < n_frames:
-        starts.append(min(starts[-1] + frames - context, n_frames - frames))
-    return starts
-
-
-def label_songs(model: nnx.Module, songs: Sequence[Song], frames: int, *, context: int = 0, batch_size: int = 8,
-                temperature: float = 0.0, seed: int = 0, decode: str = "scored", open_mode: str = "joint",
-                label_prompt: int = 0) -> Iterator[Result]:
-    """Analyse ``songs`` (one Result per song, yielded in the given order). Songs are batched by length, so a
-    batch's short songs do not wait idle through its longest one's windows. ``decode``: 'scored' (chords chosen
-    whole, ``m4mjax.chord_decode``; beats greedy), 'greedy' (argmax token by token) or 'sample' (``temperature``).
-    ``label_prompt`` > 0: each song's first that many frames of TRUE labels (``Song.labels``) are given as the
-    first window's target prompt and kept (the official evaluation protocol)."""
-    if not 0 <= context < frames:
-        raise cli.UserError(f"must be in [0, {frames}) (the run's window is {frames} frames)", f"--context={context}")
-    if decode not in DECODES:
-        raise cli.UserError(f"must be one of {', '.join(DECODES)}", f"--decode={decode}")
-    if open_mode not in OPEN_MODES:
-        raise cli.UserError(f"must be one of {', '.join(OPEN_MODES)}", f"--open={open_mode}")
-    if not 0 <= label_prompt < frames or (label_prompt and any(s.labels is None for s in songs)):
-        raise cli.UserError(f"must be in [0, {frames}) and needs songs with true labels", f"label_prompt={label_prompt}")
-    L = int(model.cfg.max_frame_tokens)
-    B = max(1, min(int(batch_size), 1 << max(len(songs) - 1, 0).bit_length()))  # few shapes: few compiles
-    rng = jax.random.key(seed)
-    order = sorted(range(len(songs)), key=lambda i: songs[i].n_frames)
-    done: dict[int, Result] = {}
-    nxt = 0  # next song (in the given order) to yield
-    for g in range(0, len(songs), B):
-        members = order[g:g + B]
-        group = [songs[i] for i in members]
-        plans = [window_starts(s.n_frames, frames, context) for s in group]
-        out = [np.full((max(s.n_frames, frames), L), tok.PAD, np.int32) for s in group]
-        known = [label_prompt] * len(group)  # frames of each song's target decided so far
-        if label_prompt:
-            for i, s in enumerate(group):
-                out[i][:label_prompt] = tok.notes_to_tokens(s.labels, 0, label_prompt, L, song_frames=s.n_frames,
-                                                            row_format=model.cfg.get("row_format", "eos"))
-        for r in range(max(len(p) for p in plans)):
-            given = context if r else label_prompt  # target frames at the window's start that are already decided
-            ref = np.full((B, frames, L), tok.PAD, np.int32)
-            prompt = np.full((B, given, L), tok.PAD, np.int32)
-            live = [i for i, p in enumerate(plans) if r < len(p)]
-            for i in live:
-                s, st = group[i], plans[i][r]
-                ref[i] = tok.notes_to_tokens(s.notes, st, frames, L, song_frames=s.n_frames,
-                                             row_format=model.cfg.get("row_format", "eos"))
-                prompt[i] = out[i][st:st + given]
-            gen = _sample(model, ref, prompt if given else None, frames - given,
-                          jax.random.fold_in(rng, g * 100003 + r), temperature, decode, open_mode)
-            for i in live:
-                st = plans[i][r]
-                new = max(known[i], st)  # frames already decided keep their labels
-                out[i][new:st + frames] = gen[i][new - st:frames]
-                known[i] = st + frames
-        for i, s, toks in zip(members, group, out):
-            done[i] = decode_tokens(toks[:s.n_frames], s.n_frames)
-        while nxt in done:
-            yield done.pop(nxt)
-            nxt += 1
-
-
-def decode_tokens(target_tokens: np.ndarray, n_frames: int) -> Result:
-    """Label tokens [n_frames, L] -> chord segments (frames, 'N' gaps), downbeat frames and the label notes."""
-    notes = tok.tokens_to_notes(target_tokens)
-    chord = notes[notes[:, tok.INSTRUMENT] != tok.DRUM]
-    chord[:, tok.TRACK] = labels.CHORD_TRACK
-    beat = notes[notes[:, tok.INSTRUMENT] == tok.DRUM]
-    beat[:, tok.TRACK] = labels.BEAT_TRACK
-    return Result(labels.track_to_chords(chord, None, n_frames=n_frames), labels.track_to_downbeats(beat, None),
-                  np.concatenate([chord, beat]))
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -204,7 +78,7 @@ def analyze_files(workdir: str, paths: Sequence[str], out: str, *, context: int 
     on stderr as they are found and skipped; every good file is written."""
     from m4mjax.run import metrics
 
-    model, cfg = load_run(workdir)
+    model, cfg = load_run(workdir, streams=TWO_STREAMS)
     opts = cfg.get("analyze", {})
     frames = int(cfg.data.frames)
     context = int(opts.get("context", frames // 4) if context is None else context)

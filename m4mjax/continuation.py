@@ -73,7 +73,7 @@ def held_out_windows(cfg, n: int, frames: int, split: str = "test", min_instrume
         if len(keep) >= n:
             break
     if not keep:
-        from m4mjax.run.cli import UserError
+        from m4mjax.run.errors import UserError
 
         raise UserError(f"no {split} window of {frames} frames with >= {min_instruments} instruments")
     return np.stack(keep)
@@ -84,13 +84,13 @@ def measure(model, windows: np.ndarray, prompt_frames: int, seed: int = 0, tempe
     """Sample continuations of every window's prompt; measures for the samples and for the true continuation."""
     import jax
 
-    from m4mjax import sample
+    from m4mjax import sampling
 
     n_frames = windows.shape[1] - prompt_frames
     model_rows, true_rows = [], []
     for i in range(0, len(windows), batch):
         w = windows[i:i + batch]
-        out = np.asarray(sample.generate(model, w[:, :prompt_frames], n_frames, jax.random.key(seed + i),
+        out = np.asarray(sampling.generate(model, w[:, :prompt_frames], n_frames, jax.random.key(seed + i),
                                          temperature, top_p))
         for true, gen in zip(w, out):
             prompt = tk.tokens_to_notes(true[:prompt_frames])
@@ -121,7 +121,7 @@ def main(argv=None) -> None:
     def run(_):
         from flax import nnx
 
-        from m4mjax import model as lm, sample
+        from m4mjax import model as lm, runs
         from m4mjax.run import io
 
         cfg = cli.load_config(FLAGS.workdir)
@@ -130,7 +130,7 @@ def main(argv=None) -> None:
         if FLAGS.untrained:
             model = lm.M4MTransformer(cfg.model, rngs=nnx.Rngs(cfg.seed))
         else:
-            model = sample.load_model(FLAGS.workdir)  # one-line error for a bad/missing run
+            model, _ = runs.load_run(FLAGS.workdir, streams=runs.LM_STREAMS)  # one-line error for a bad run
         windows = held_out_windows(cfg, FLAGS.n_prompts, FLAGS.prompt_frames + FLAGS.n_frames)
         res = measure(model, windows, FLAGS.prompt_frames, FLAGS.seed, FLAGS.temperature, FLAGS.top_p)
         res.update(untrained=FLAGS.untrained, data=cfg.data.name)

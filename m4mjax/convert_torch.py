@@ -193,12 +193,9 @@ def logits(workdir: str, tokens, reference=None) -> np.ndarray:
     import jax.numpy as jnp
     from flax import nnx
 
-    from m4mjax import tasks
-    from m4mjax.run import checkpoint, cli
+    from m4mjax import runs
 
-    cfg = cli.load_config(workdir)
-    model = nnx.eval_shape(lambda: tasks.get_task(cfg.get("task", "lm")).build(cfg, nnx.Rngs(0)))
-    nnx.update(model, checkpoint.restore_params(workdir, nnx.state(model, nnx.Param)))
+    model, _ = runs.load_run(workdir)
     tokens = jnp.asarray(tokens, jnp.int32)
     # jitted: one compiled program (op-by-op dispatch compiles hundreds of small ones, most of the time here)
     if hasattr(model, "link_logits"):

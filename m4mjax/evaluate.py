@@ -85,9 +85,9 @@ def evaluate(workdir: str, splits=("valid", "test"), max_batches: int = 0, data_
     if data_name:
         cfg.data.name = data_name
         out_name = "eval_" + "".join(c if c.isalnum() or c in "-." else "_" for c in data_name) + ".json"
-    from m4mjax import tasks as tasks_lib
+    from m4mjax import task_evals, tasks as tasks_lib
 
-    task_eval = tasks_lib.get_task(cfg.get("task", "lm")).evaluator()
+    task_eval = task_evals.evaluator(tasks_lib.get_task(cfg.get("task", "lm")).name)
     if task_eval is not None:  # a task with its own measure (analysis: mir_eval chords + downbeat F)
         return task_eval(workdir, cfg, max_batches)
     mesh = mesh_lib.make_mesh(cfg.mesh)

@@ -30,9 +30,10 @@ import jax
 import numpy as np
 import symusic
 
-from m4mjax import analyze, labels
+from m4mjax import labels, runs
 from m4mjax import tokenizer as tok
 from m4mjax.run import cli, io
+from m4mjax.windows import CHORD_NAME, generate_song
 
 TASKS = ("chord_to_melody", "melody_to_chord", "drums_to_others", "others_to_drums")
 PREFIX = "m4m "  # tracks this command (or analyze) added start with it; skipped when a file is re-read
@@ -42,11 +43,7 @@ def load_run(workdir: str, task: str):
     """(model, config, Task) of a run trained for ``task``; one-line error when the run's task differs."""
     from m4mjax import tasks
 
-    cfg = cli.load_config(workdir)
-    if cfg.get("task", "lm") != task:
-        raise cli.UserError(f"the run {workdir} was trained for task {cfg.get('task', 'lm')!r}, not {task!r}",
-                            f"--task={task}")
-    model, cfg = analyze.load_run(workdir)
+    model, cfg = runs.load_run(workdir, task=task)
     return model, cfg, tasks.get_task(task)
 
 
@@ -78,7 +75,7 @@ def read_reference(path: str, selector: str) -> tuple[np.ndarray, int, symusic.S
 
     score = tok.load_midi(path)
     chord_ref = selector == f"track:{labels.CHORD_TRACK}"
-    kept = [t for t in score.tracks if not t.name.startswith(PREFIX) or (chord_ref and t.name == analyze.CHORD_NAME)]
+    kept = [t for t in score.tracks if not t.name.startswith(PREFIX) or (chord_ref and t.name == CHORD_NAME)]
     if len(kept) != len(score.tracks):
         score.tracks = kept
     if score.note_num() == 0:
@@ -87,7 +84,7 @@ def read_reference(path: str, selector: str) -> tuple[np.ndarray, int, symusic.S
     kind, _, k = selector.partition(":")
     nondrum = notes[notes[:, tok.INSTRUMENT] != tok.DRUM]
     if kind == "track" and k.isdigit():
-        drawn = [i for i, t in enumerate(score.tracks) if t.name == analyze.CHORD_NAME]
+        drawn = [i for i, t in enumerate(score.tracks) if t.name == CHORD_NAME]
         if chord_ref and drawn:  # already on the chord-track layout (m4mjax.analyze's output)
             ref = notes[np.isin(notes[:, tok.TRACK], drawn)].copy()
             ref[:, tok.TRACK] = labels.CHORD_TRACK
@@ -105,37 +102,6 @@ def read_reference(path: str, selector: str) -> tuple[np.ndarray, int, symusic.S
     if not len(ref):
         raise ValueError(f"{path}: no {what} notes to read as the reference")
     return tok.sort_notes(ref), n, score, tracks
-
-
-# ------------------------------------------------------------------------------------------- sampling
-def _sample(model, reference: np.ndarray, prompt: np.ndarray | None, n_frames: int, rng: jax.Array,
-            temperature: float, top_p: float, scale: float | None = None) -> np.ndarray:
-    """Target tokens [B, F0 + n_frames, L] for reference [B, F, L] after prompt [B, F0, L] (the one model call)."""
-    from m4mjax import linked
-
-    return np.asarray(linked.generate(model, reference, rng, n_frames=n_frames, prompt=prompt,
-                                      temperature=temperature, top_p=top_p, scale=scale))
-
-
-def generate_song(model, ref: np.ndarray, n_frames: int, frames: int, *, context: int, num_samples: int,
-                  temperature: float, top_p: float, rng: jax.Array, scale: float | None = None) -> np.ndarray:
-    """Target tokens [num_samples, n_frames, L] for one song's reference notes, window by window (stitched);
-    ``scale`` multiplies FA_cross adapter outputs (None: the run's ``link.adapter_scale``)."""
-    if not 0 <= context < frames:
-        raise cli.UserError(f"must be in [0, {frames}) (the run's window is {frames} frames)", f"--context={context}")
-    L = int(model.cfg.max_frame_tokens)
-    rows = dict(song_frames=n_frames, row_format=model.cfg.get("row_format", "eos"))
-    out = np.full((num_samples, max(n_frames, frames), L), tok.PAD, np.int32)
-    known = 0
-    for r, st in enumerate(analyze.window_starts(n_frames, frames, context)):
-        window = tok.notes_to_tokens(ref, st, frames, L, **rows)
-        reference = np.broadcast_to(window, (num_samples, frames, L))
-        f0 = min(context, known - st) if r else 0  # frames of this window already sampled (prompt)
-        prompt = out[:, st:st + f0] if f0 else None
-        gen = _sample(model, reference, prompt, frames - f0, jax.random.fold_in(rng, r), temperature, top_p, scale)
-        out[:, st + f0:st + frames] = gen[:, f0:frames]
-        known = st + frames
-    return out[:, :n_frames]
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -162,7 +128,7 @@ def write_song(stem: str, score: symusic.Score, tracks: list[int], target: np.nd
     chord_target = task.target == f"track:{labels.CHORD_TRACK}"
     for ins in sorted({int(i) for i in notes[:, tok.INSTRUMENT]}):
         drum = ins == tok.DRUM
-        name = analyze.CHORD_NAME if chord_target else f"{PREFIX}{task.name} " + ("drums" if drum else f"program{ins}")
+        name = CHORD_NAME if chord_target else f"{PREFIX}{task.name} " + ("drums" if drum else f"program{ins}")
         out.tracks.append(_track(name, notes[notes[:, tok.INSTRUMENT] == ins], tpq, n_frames, 0 if drum else ins, drum))
     written = [f"{stem}.mid"]
     with io.atomic_path(written[0]) as tmp:

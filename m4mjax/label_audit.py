@@ -128,11 +128,11 @@ def audit(workdir: str, windows: int = 32, reference: str = "true", target: str 
         raise cli.UserError(f"must be one of {TARGETS}", f"--target={target}")
     from flax import nnx
 
-    from m4mjax.analyze import load_run
+    from m4mjax.runs import TWO_STREAMS, load_run
     from m4mjax.datasets import pipeline
     from m4mjax.run import checkpoint
 
-    model, cfg = load_run(workdir)
+    model, cfg = load_run(workdir, streams=TWO_STREAMS)
     data = cfg.data
     data.batch_size = min(int(data.batch_size), windows)
     it = pipeline.make_dataset(data, "valid", seed=0, spread=windows)

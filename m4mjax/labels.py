@@ -309,7 +309,7 @@ def write_lab(path: str | os.PathLike, segments: Sequence[tuple[float, float, st
 
 def read_lab(path: str | os.PathLike) -> list[tuple[float, float, str]]:
     """Read a .lab file (start end label per line, whitespace separated); UserError naming the bad line."""
-    from m4mjax.run.cli import UserError
+    from m4mjax.run.errors import UserError
 
     try:
         text = open(path, encoding="utf-8").read()

@@ -256,7 +256,7 @@ class Stack(nnx.Module):
         else:
             top = int(np.max(np.asarray(positions))) + 1 if np.size(positions) else 0
         if top > self.max_positions:
-            from m4mjax.run.cli import UserError
+            from m4mjax.run.errors import UserError
 
             raise UserError(f"rotary positions up to {top - 1} but the position table holds {self.max_positions} "
                             "(longer windows need a longer table)", self.limit)

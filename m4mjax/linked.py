@@ -404,7 +404,7 @@ def target_step(model: LinkedModel, state: LinkState, frame: jax.Array, *,
 def _generate(graphdef, params, reference, prompt, rng, temperature, top_p, scale, n_frames: int,
               decode: tuple = ("sample",)):
     from m4mjax import chord_decode
-    from m4mjax.sample import sample_frame
+    from m4mjax.sampling import sample_frame
 
     model = nnx.merge(graphdef, params)
     B, F0, L = prompt.shape

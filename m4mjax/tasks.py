@@ -1,6 +1,7 @@
 """Tasks: what a run trains. Each task names its model builder, its loss, which variables the optimizer
-updates (everything else is frozen and carries no optimizer state), the batch streams it reads and, where
-plain held-out loss is not the measure, its own evaluation.
+updates (everything else is frozen and carries no optimizer state) and the batch streams it reads. Where plain
+held-out loss is not a task's measure, ``m4mjax.task_evals`` names its own evaluation (kept out of this module:
+an evaluation loads runs, which builds their models through this registry).
 
 The function-alignment tasks (spec §4-§5) are one ``linked_task`` entry each: a linked model (FA_self or
 FA_cross, ``config.link.kind``) reading a reference stream and modelling a time-aligned target stream, the
@@ -15,7 +16,6 @@ filter follows ``config.link.train`` ('link': LoRA + adapters; 'full': every par
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import Any, Callable
 
 import jax
@@ -37,14 +37,6 @@ class Task:
     streams: tuple[str, ...] = ("tokens",)  # batch keys the task reads
     reference: str = ""              # default data.reference selector (two-stream tasks)
     target: str = ""                 # default data.target selector
-    evaluate: str = ""               # "module:function" (workdir, cfg, max_batches) -> eval dict; "" = held-out loss
-
-    def evaluator(self) -> Callable | None:
-        """The task's own evaluation function (imported on demand), or None for plain held-out loss."""
-        if not self.evaluate:
-            return None
-        module, _, fn = self.evaluate.partition(":")
-        return getattr(importlib.import_module(module), fn)
 
 
 def _lm_build(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
@@ -77,7 +69,7 @@ def _linked_build(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
     if "link" not in cfg:
         return linked.build(cfg, rngs)  # its error names the missing section
     if cfg.link.kind == "seq2seq" and cfg.get("init_from"):
-        from m4mjax.run.cli import UserError
+        from m4mjax.run.errors import UserError
 
         raise UserError("seq2seq is the from-scratch baseline: its shapes are not the foundation's "
                         "(set --config.init_from=)", "config.init_from")
@@ -96,32 +88,30 @@ def _linked_trainable(cfg: ml_collections.ConfigDict) -> Any:
     return linked.trainable(cfg)
 
 
-def linked_task(name: str, reference: str, target: str, evaluate: str = "") -> Task:
+def linked_task(name: str, reference: str, target: str) -> Task:
     """A function-alignment task: linked model, loss on the target stream, trainable per ``link.train``."""
     return Task(name, _linked_build, _linked_loss, streams=("reference", "target"), trainable=_linked_trainable,
-                reference=reference, target=target, evaluate=evaluate)
+                reference=reference, target=target)
 
-
-GEN_EVAL = "m4mjax.gen_eval:evaluate"  # sampled targets vs held-out songs (task metrics, m4mjax.gen_eval)
 
 TASKS: dict[str, Task] = {
     "lm": Task("lm", _lm_build, _lm_loss),
     # MIDI chord & metrical analysis: the music (tracks < 250) -> chord track (250) + beat track (251)
-    "analysis": linked_task("analysis", reference="music", target="labels", evaluate="m4mjax.analysis_eval:evaluate"),
+    "analysis": linked_task("analysis", reference="music", target="labels"),
     # conditional generation (experiments/m4m/generation.py; data: m4mjax.datasets.generation_data). Melody =
     # track 0, the chord track written as music = track 250 (m4mjax.labels); drums/others = the music's drum /
     # non-drum notes, label tracks (250 chords, 251 beats) never seen.
-    "chord_to_melody": linked_task("chord_to_melody", reference="track:250", target="track:0", evaluate=GEN_EVAL),
-    "melody_to_chord": linked_task("melody_to_chord", reference="track:0", target="track:250", evaluate=GEN_EVAL),
-    "drums_to_others": linked_task("drums_to_others", reference="music_drums", target="music_others", evaluate=GEN_EVAL),
-    "others_to_drums": linked_task("others_to_drums", reference="music_others", target="music_drums", evaluate=GEN_EVAL),
+    "chord_to_melody": linked_task("chord_to_melody", reference="track:250", target="track:0"),
+    "melody_to_chord": linked_task("melody_to_chord", reference="track:0", target="track:250"),
+    "drums_to_others": linked_task("drums_to_others", reference="music_drums", target="music_others"),
+    "others_to_drums": linked_task("others_to_drums", reference="music_others", target="music_drums"),
 }
 
 
 def get_task(name: str) -> Task:
     """The registered task ``name`` (config.task)."""
     if name not in TASKS:
-        from m4mjax.run.cli import UserError
+        from m4mjax.run.errors import UserError
 
         raise UserError(f"not a task; known: {sorted(TASKS)}", f"config.task={name!r}")
     return TASKS[name]

@@ -18,7 +18,7 @@ import re
 import numpy as np
 
 from m4mjax.layers import sinusoid_table
-from m4mjax.run.cli import UserError
+from m4mjax.run.errors import UserError
 
 STACKS = {"local_encoder": "local_encoder", "global_decoder": "model", "local_decoder": "local_decoder"}
 WRAPPERS = ("wrapped_model.base_model.model.", "wrapped_model.")  # peft-wrapped / plain FA base model

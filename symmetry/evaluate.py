@@ -18,8 +18,9 @@ import optax
 from absl import flags
 from flax import nnx
 
-from m4mjax.run import checkpoint, cli, io, metrics as metrics_lib
-from symmetry import audio, config as config_lib, data as data_lib, metrics, step as step_lib
+from m4mjax.run import cli, io, metrics as metrics_lib
+from symmetry import audio, data as data_lib, metrics
+from symmetry.runs import load_seeds
 
 FLAGS = flags.FLAGS
 
@@ -43,14 +44,6 @@ def _is_soundfont(path: str) -> bool:
     except OSError:
         return False
     return head[:4] == b"RIFF" and head[8:12] == b"sfbk"
-
-
-def load_seeds(workdir: str):
-    """(config, SPSConfig, graphdef, stacked params [seed, ...]) of a finished or running run."""
-    cfg = cli.load_config(workdir)
-    mcfg = config_lib.model_config(cfg)
-    abstract = jax.eval_shape(lambda: step_lib.init_state(mcfg, cfg.num_seeds, jax.random.key(0), None, cfg.seed))
-    return cfg, mcfg, abstract.graphdef, checkpoint.restore_params(workdir, abstract.params)
 
 
 def _mean_std(v) -> dict:

@@ -325,8 +325,8 @@ class Model:
 
 
 def load_model(workdir: str) -> Model:
-    """The latest checkpoint of every seed (symmetry.evaluate.load_seeds)."""
-    from symmetry.evaluate import load_seeds
+    """The latest checkpoint of every seed (symmetry.runs.load_seeds)."""
+    from symmetry.runs import load_seeds
 
     return Model(*load_seeds(workdir))
 

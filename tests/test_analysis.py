@@ -16,7 +16,8 @@ from flax import nnx
 
 from m4m_fixtures import REPO, tiny_config
 from smf import read_smf
-from m4mjax import analysis_eval, analyze, labels, tasks
+from m4mjax import analysis_scores, analyze, labels, tasks, windows
+from m4mjax import runs as run_dir
 from m4mjax import tokenizer as tok
 from m4mjax.datasets import pipeline
 
@@ -26,7 +27,7 @@ TRIADS = {"maj": (0, 4, 7), "min": (0, 3, 7)}
 # ------------------------------------------------------------------------------------------- fixtures
 def _fixture_song(item):
     """Piano block chords (one per bar) + root bass + drums, in 3/4 or 4/4, with its exact labels."""
-    from m4mjax.datasets import chords
+    from m4mjax.datasets import chord_songs
 
     rng = np.random.default_rng(item["seed"])
     bpb, n_bars, qpm = item["bpb"], item["bars"], item["qpm"]
@@ -40,7 +41,7 @@ def _fixture_song(item):
         rows += [(b * bar + k, tok.DRUM, 36 if k == 0 else 42, 1, 80, 2) for k in range(0, bar, 2)]
     music, n = tok.build_notes(np.array(rows))
     downs = [b * bar for b in range(n_bars)]
-    return chords.make_song(item, music, n, segments, downs, [d + k for d in downs for k in range(0, bar, 4)],
+    return chord_songs.make_song(item, music, n, segments, downs, [d + k for d in downs for k in range(0, bar, 4)],
                             [(0, qpm)])
 
 
@@ -48,7 +49,7 @@ def _fixture_song(item):
 def analysis_dir(tmp_path_factory) -> pathlib.Path:
     """A chord-data folder like `m4mjax.datasets.chords` writes: 24 synth songs (split by index mod 10) and 4
     'romantext' songs (all test), labels.json beside the shards."""
-    from m4mjax.datasets import chords, convert
+    from m4mjax.datasets import chord_data, convert
 
     out = tmp_path_factory.mktemp("analysis_data")
     items = [{"key": f"synth/mma/0/{i:05d}", "group": "synth/mma", "seed": i, "bpb": 3 + i % 2, "bars": 4 + i % 3,
@@ -60,7 +61,7 @@ def analysis_dir(tmp_path_factory) -> pathlib.Path:
     rep = convert.convert(items, _fixture_song, out, shard_size=8, workers=1, split_fn=lambda sid, i: split[sid],
                           progress=False)
     assert not rep["bad_items"], rep
-    chords.gather(out, rep, 0.0)
+    chord_data.gather(out, rep, 0.0)
     return out
 
 
@@ -278,7 +279,7 @@ def fake_model(monkeypatch):
         calls.append((reference.shape, f0))
         return full
 
-    monkeypatch.setattr(analyze, "_sample", sample)
+    monkeypatch.setattr(windows, "sample_target", sample)
     return calls
 
 
@@ -308,9 +309,9 @@ EXPECTED_BEATS = "0.000000\n1.500000\n3.000000\n4.875000\n6.750000\n8.625000\n"
 
 
 def test_window_starts_cover_any_length():
-    assert analyze.window_starts(10, 16, 4) == [0]
-    assert analyze.window_starts(72, 16, 4) == [0, 12, 24, 36, 48, 56]
-    assert analyze.window_starts(32, 16, 0) == [0, 16]
+    assert windows.window_starts(10, 16, 4) == [0]
+    assert windows.window_starts(72, 16, 4) == [0, 12, 24, 36, 48, 56]
+    assert windows.window_starts(32, 16, 0) == [0, 16]
 
 
 def test_analyze_writes_lab_beats_and_midi_on_the_tempo_map(runs, tmp_path, fake_model, capsys):
@@ -335,7 +336,7 @@ def test_analyze_writes_lab_beats_and_midi_on_the_tempo_map(runs, tmp_path, fake
     downs = sorted(on for ch, p, on, off in smf.notes if ch == 9 and p == labels.BEAT_DOWN)
     assert downs == [0, 1440, 2880, 4320, 5760, 7200]
     score = symusic.Score(str(out / "piece.mid"))
-    assert [t.name for t in score.tracks][-2:] == [analyze.CHORD_NAME, analyze.BEAT_NAME] and len(score.tracks) == 5
+    assert [t.name for t in score.tracks][-2:] == [windows.CHORD_NAME, windows.BEAT_NAME] and len(score.tracks) == 5
     bar3 = sorted(n.pitch for n in score.tracks[-2].notes if n.time == 2880)
     assert bar3 == [41, 48, 53, 57]  # F:maj on the chord-track layout: bass F, tones C F A
 
@@ -353,10 +354,10 @@ def test_analyze_with_the_real_tiny_model(runs, tmp_path):
 
 # ------------------------------------------------------------------------------------------- evaluation
 def _truth_by_notes(data_dir):
-    table = analysis_eval.read_labels(str(data_dir))
+    table = analysis_scores.read_labels(str(data_dir))
     out = {}
-    for name, groups in analysis_eval.SETS.items():
-        for sid, song, rec in analysis_eval.held_out_songs(str(data_dir), groups, table=table):
+    for name, groups in analysis_scores.SETS.items():
+        for sid, song, rec in analysis_scores.held_out_songs(str(data_dir), groups, table=table):
             out[song.notes.tobytes()] = rec
     return out
 
@@ -368,10 +369,10 @@ def test_evaluation_scores_truth_as_one_and_a_known_fraction(runs, analysis_dir,
     def perfect(model, songs, frames, **kw):
         for s in songs:
             rec = truth[s.notes.tobytes()]
-            yield analyze.Result([tuple(x) for x in rec["segments"]], np.array(rec["downbeats"]), tok.empty_notes())
+            yield windows.Result([tuple(x) for x in rec["segments"]], np.array(rec["downbeats"]), tok.empty_notes())
 
-    monkeypatch.setattr(analysis_eval, "label_songs", perfect)
-    res = analysis_eval.evaluate(str(runs["fa_self"]))
+    monkeypatch.setattr(analysis_scores, "label_songs", perfect)
+    res = analysis_scores.evaluate(str(runs["fa_self"]))
     for name, n_songs in (("synth_test", 3), ("romantext", 4)):
         r = res["sets"][name]
         assert r["songs"] == n_songs
@@ -383,11 +384,11 @@ def test_evaluation_scores_truth_as_one_and_a_known_fraction(runs, analysis_dir,
         for s in songs:
             rec = truth[s.notes.tobytes()]
             segs = [(a, b, lab if i % 2 == 0 else "X") for i, (a, b, lab) in enumerate(rec["segments"])]
-            yield analyze.Result(segs, np.array(rec["downbeats"][::2]), tok.empty_notes())
+            yield windows.Result(segs, np.array(rec["downbeats"][::2]), tok.empty_notes())
 
-    monkeypatch.setattr(analysis_eval, "label_songs", half)
-    res = analysis_eval.evaluate(str(runs["fa_self"]))
-    for name, groups in analysis_eval.SETS.items():
+    monkeypatch.setattr(analysis_scores, "label_songs", half)
+    res = analysis_scores.evaluate(str(runs["fa_self"]))
+    for name, groups in analysis_scores.SETS.items():
         recs = [r for r in truth.values() if r["group"] in groups]
         dur = lambda keep: sum(b - a for r in recs for i, (a, b, _) in enumerate(r["segments_s"]) if keep(i))  # noqa
         want = dur(lambda i: i % 2 == 0) / dur(lambda i: True)
@@ -410,8 +411,8 @@ def test_evaluate_dispatches_to_the_analysis_evaluation(runs):
 
 def test_baselines_score_the_template_matcher_on_clean_triads(analysis_dir, tmp_path):
     """The fixture's music is one root-position triad per bar: the per-bar template matcher is exact."""
-    res = analysis_eval.baselines(str(analysis_dir))
-    for name in analysis_eval.SETS:
+    res = analysis_scores.baselines(str(analysis_dir))
+    for name in analysis_scores.SETS:
         assert res["sets"][name]["template_bar"]["majmin"] == 1.0
         assert set(res["sets"][name]) == {"template_bar", "template_beat", "chorder"}
 
@@ -429,8 +430,8 @@ def test_an_exported_run_is_read_like_the_run_and_a_mismatch_is_one_line(runs, t
     rec = export.export(str(runs["fa_self"]), str(ship))
     assert sorted(p.name for p in ship.iterdir()) == ["config.json", "params.npz", "source.json"]
     assert rec["step"] == checkpoint.latest_step(str(runs["fa_self"])) and rec["task"] == "analysis"
-    m_run, _ = analyze.load_run(str(runs["fa_self"]))
-    m_ship, _ = analyze.load_run(str(ship))
+    m_run, _ = run_dir.load_run(str(runs["fa_self"]))
+    m_ship, _ = run_dir.load_run(str(ship))
     a, b = nnx.state(m_run, nnx.Param).to_pure_dict(), nnx.state(m_ship, nnx.Param).to_pure_dict()
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
     # analyze with no --workdir reads the shipped folder: its weights load, its config sets the windows (16 frames,
@@ -438,7 +439,7 @@ def test_an_exported_run_is_read_like_the_run_and_a_mismatch_is_one_line(runs, t
     _write_piece(tmp_path / "piece.mid")
     monkeypatch.setattr(analyze, "SHIPPED", ship)
     loaded, load_run = [], analyze.load_run
-    monkeypatch.setattr(analyze, "load_run", lambda w: loaded.append(w) or load_run(w))
+    monkeypatch.setattr(analyze, "load_run", lambda w, **kw: loaded.append(w) or load_run(w, **kw))
     analyze.main([str(tmp_path / "piece.mid"), f"--out={tmp_path / 'out'}"])
     assert loaded == [str(ship)]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["piece.beats", "piece.lab", "piece.mid"]
@@ -451,7 +452,7 @@ def test_an_exported_run_is_read_like_the_run_and_a_mismatch_is_one_line(runs, t
     flat[key] = np.zeros(flat[key].shape + (2,), np.float32)
     np.savez(ship / "params.npz", **flat)
     with pytest.raises(cli.UserError, match="weights do not match the model.*" + key.split("/")[0]):
-        analyze.load_run(str(ship))
+        run_dir.load_run(str(ship))
     monkeypatch.setattr(analyze, "SHIPPED", tmp_path / "nowhere")
     with pytest.raises(SystemExit):
         analyze.main([str(tmp_path / "piece.mid"), f"--out={tmp_path / 'out2'}"])
@@ -464,7 +465,7 @@ def test_label_prompt_gives_the_true_labels_of_the_first_frames_and_keeps_them(m
     labels, and they stay in the result; later windows get the usual context prompt."""
     L = tok.MAX_FRAME_TOKENS
     chords = labels.chord_track([(0, 16, "C:maj"), (16, 40, "A:min")], 40, [0, 16, 32])
-    song = analyze.Song(np.array([(0, 0, 60, 3, 80, 0)], np.int32), 40, chords)
+    song = windows.Song(np.array([(0, 0, 60, 3, 80, 0)], np.int32), 40, chords)
     seen = []
 
     def sample(model, reference, prompt, n_frames, rng, temperature, decode="sample", open_mode="joint"):
@@ -475,9 +476,9 @@ def test_label_prompt_gives_the_true_labels_of_the_first_frames_and_keeps_them(m
         out[:, f0:, 0] = tok.EOS  # nothing decided beyond the prompt
         return out
 
-    monkeypatch.setattr(analyze, "_sample", sample)
+    monkeypatch.setattr(windows, "sample_target", sample)
     model = type("M", (), {"cfg": ml_collections.ConfigDict({"max_frame_tokens": L})})()
-    res = next(analyze.label_songs(model, [song], 16, context=4, batch_size=1, temperature=1.0, decode="sample",
+    res = next(windows.label_songs(model, [song], 16, context=4, batch_size=1, temperature=1.0, decode="sample",
                                    label_prompt=6))
     want = tok.notes_to_tokens(chords, 0, 6, L, song_frames=40)
     np.testing.assert_array_equal(seen[0][0][0], want)
@@ -496,10 +497,10 @@ def test_official_protocol_averages_eight_sampled_runs_with_a_true_label_prompt(
             assert s.labels is not None and len(s.labels)
             rec = truth[s.notes.tobytes()]
             segs = [(a, b, lab if kw["seed"] % 2 == 0 else "X") for a, b, lab in rec["segments"]]
-            yield analyze.Result(segs, np.array(rec["downbeats"]), tok.empty_notes())
+            yield windows.Result(segs, np.array(rec["downbeats"]), tok.empty_notes())
 
-    monkeypatch.setattr(analysis_eval, "label_songs", alternate)
-    res = analysis_eval.evaluate(str(runs["fa_self"]), sets=["synth_test"], decode="official", out_name="off.json")
+    monkeypatch.setattr(analysis_scores, "label_songs", alternate)
+    res = analysis_scores.evaluate(str(runs["fa_self"]), sets=["synth_test"], decode="official", out_name="off.json")
     assert [c["seed"] for c in calls] == list(range(8))
     assert all(c["label_prompt"] == 16 and c["decode"] == "sample" and c["temperature"] == 1.0 for c in calls)
     r = res["sets"]["synth_test"]

@@ -10,7 +10,7 @@ import pytest
 
 from m4mjax import labels
 from m4mjax import tokenizer as tok
-from m4mjax.datasets import chords, chords_synth, convert
+from m4mjax.datasets import chord_data, chord_songs, chords_synth, convert
 from m4mjax.datasets.pipeline import select_stream
 
 needs_mma = pytest.mark.skipif(shutil.which("mma") is None,
@@ -45,7 +45,7 @@ def test_piece_params_are_deterministic_and_varied():
 def test_mma_song_labels_and_chord_track_equal_the_chart(tmp_path):
     item = {"key": "synth/test", "group": "synth/mma", "out": str(tmp_path), "index": 0}
     (song,) = chords_synth.synth_song(item, CHART)
-    rec = json.loads(chords.label_path(tmp_path, "synth/test").read_text())
+    rec = json.loads(chord_songs.label_path(tmp_path, "synth/test").read_text())
     assert [tuple(s) for s in rec["segments"]] == EXPECTED
     assert rec["downbeats"] == [0, 16, 32, 48]
     # 100 qpm: a 16th-note frame lasts 0.15 s
@@ -72,7 +72,7 @@ def _encode(label: str) -> tuple:
 @pytest.mark.integration  # runs an external program (mma / fluidsynth / the compiler)
 def test_build_records_decode_to_labels_and_split_is_recorded_and_deterministic(tmp_path):
     for d in ("a", "b"):
-        chords.build(tmp_path / d, n_synth=3, seed=5, workers=1, groups=("synth",), progress=False)
+        chord_data.build(tmp_path / d, n_synth=3, seed=5, workers=1, groups=("synth",), progress=False)
     splits = json.loads((tmp_path / "a" / "splits.json").read_text())
     assert splits == {"synth/mma/5/00000": "test", "synth/mma/5/00001": "valid", "synth/mma/5/00002": "train"}
     assert (tmp_path / "b" / "splits.json").read_text() == (tmp_path / "a" / "splits.json").read_text()
@@ -115,8 +115,8 @@ def test_romantext_conversion_gives_hand_expected_harte_labels(tmp_path):
         part.append(m)
     score = music21.stream.Score([part])
     item = {"key": "romantext/test", "group": "romantext/test", "out": str(tmp_path)}
-    (song,) = chords.romantext_song(item, score, analysis)
-    rec = json.loads(chords.label_path(tmp_path, "romantext/test").read_text())
+    (song,) = chord_data.romantext_song(item, score, analysis)
+    rec = json.loads(chord_songs.label_path(tmp_path, "romantext/test").read_text())
     assert [tuple(s) for s in rec["segments"]] == [
         (0, 8, "C:maj"), (8, 16, "G:maj/3"), (16, 20, "A:min"), (20, 24, "D:min7/b3"), (24, 28, "G:7"),
         (28, 32, "B:dim7"), (32, 40, "X"), (40, 48, "E:maj"), (48, 64, "A:min")]
@@ -132,10 +132,10 @@ def test_dechorder_labels_ignore_drums():
     rows = [(0, 0, p, 5, 90, 0) for p in (48, 52, 55, 60)] + [(8, 0, p, 5, 90, 0) for p in (45, 52, 57, 60)]
     rows += [(f, tok.DRUM, p, 9, 120, 1) for f in range(0, 16, 2) for p in (39, 46, 42)]  # loud long Eb/Bb/F#
     music = tok.sort_notes(np.array(rows, np.int32))
-    assert chords.chorder_segments(music, 16) == [(0, 8, "C:maj"), (8, 16, "A:min")]
+    assert chord_data.chorder_segments(music, 16) == [(0, 8, "C:maj"), (8, 16, "A:min")]
 
 
 def test_harte_of_pcs_names_qualities_and_inversions():
-    assert chords.harte_of_pcs(7, [7, 11, 2, 5], 11) == "G:7/3"
-    assert chords.harte_of_pcs(2, [2, 5, 9, 0], None) == "D:min7"
-    assert chords.harte_of_pcs(5, [5, 9, 3], None) == "X"  # italian sixth / 7 without fifth
+    assert chord_data.harte_of_pcs(7, [7, 11, 2, 5], 11) == "G:7/3"
+    assert chord_data.harte_of_pcs(2, [2, 5, 9, 0], None) == "D:min7"
+    assert chord_data.harte_of_pcs(5, [5, 9, 3], None) == "X"  # italian sixth / 7 without fifth

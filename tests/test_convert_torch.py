@@ -280,7 +280,7 @@ def test_size1_checkpoint_converts_samples_and_matches(tmp_path):
     """The released size: official names/shapes, learned tables -> 111.8M parameters; logits match; samples."""
     import jax
 
-    from m4mjax import sample
+    from m4mjax import runs, sampling
 
     g = torch.Generator().manual_seed(3)
     sd = foundation_sd(g, SIZE1, learned=True)
@@ -291,8 +291,8 @@ def test_size1_checkpoint_converts_samples_and_matches(tmp_path):
         want = Ref(sd, SIZE1).lm(tokens)
     close(ct.logits(str(tmp_path / "w"), tokens.numpy()), want)
     del sd["model.layer.11.output.dense.bias"]  # refused by name
-    model = sample.load_model(str(tmp_path / "w"))
-    out = np.asarray(sample.generate(model, tokens.numpy(), 2, jax.random.key(0), 1.0, 1.0))
+    model, _ = runs.load_run(str(tmp_path / "w"), streams=runs.LM_STREAMS)
+    out = np.asarray(sampling.generate(model, tokens.numpy(), 2, jax.random.key(0), 1.0, 1.0))
     assert out.shape == (1, 5, 32) and (out[:, :3] == tokens.numpy()).all()
     with pytest.raises(UserError, match="model.layer.11.output.dense.bias"):
         ct.convert(save(tmp_path / "bad.ckpt", sd), str(tmp_path / "w2"))

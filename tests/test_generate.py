@@ -14,7 +14,7 @@ from flax import nnx
 from m4m_fixtures import REPO, tiny_config
 from smf import read_smf
 from m4mjax import gen_metrics as gm
-from m4mjax import generate, labels, tasks
+from m4mjax import generate, labels, tasks, windows
 from m4mjax import tokenizer as tok
 from m4mjax.datasets import pipeline
 
@@ -164,7 +164,7 @@ def fake(monkeypatch):
         calls.append((B, f0, n_frames))
         return full
 
-    monkeypatch.setattr(generate, "_sample", sample)
+    monkeypatch.setattr(windows, "sample_target", sample)
     return calls
 
 
@@ -307,26 +307,26 @@ def test_harmonise_picks_the_best_triad_per_bar():
 
 # ------------------------------------------------------------------------------------------- evaluation
 def test_gen_eval_scores_each_task_by_hand():
-    from m4mjax import gen_eval
+    from m4mjax import gen_scores
 
     truth = labels.chord_track([(0, 16, "C:maj"), (16, 32, "G:maj")], 32, [0, 16])
     est = labels.chord_track([(0, 32, "C:maj")], 32, [0, 16])
-    got = gen_eval.score("melody_to_chord", _notes([]), est, truth, 32)
+    got = gen_scores.score("melody_to_chord", _notes([]), est, truth, 32)
     assert got["majmin"] == pytest.approx(0.5) and got["root"] == pytest.approx(0.5)
     # chord -> melody: C:maj then A:min; melody C D E F | A B C G (chord tones C E | A C; strong all 4)
     mel = _notes([(f, 0, p, 2, 80, 0) for f, p in zip(range(0, 32, 4), (60, 62, 64, 65, 69, 71, 72, 67))])
     ref = labels.chord_track([(0, 16, "C:maj"), (16, 32, "A:min")], 32, [0, 16])
-    got = gen_eval.score("chord_to_melody", ref, mel, mel, 32)
+    got = gen_scores.score("chord_to_melody", ref, mel, mel, 32)
     assert (got["chord_tone"], got["chord_tone_strong"]) == (pytest.approx(0.5), pytest.approx(1.0))
     assert got["pc_distance"] == 0.0 and got["notes_per_bar"] == 4.0
     drums = _notes([(f, tok.DRUM, 36, 0, 80, 1) for f in (0, 4, 8, 12, 16, 20, 24, 28)])
     late = drums.copy()
     late[:, tok.FRAME] += 1
-    got = gen_eval.score("others_to_drums", ref, late, drums, 32)
+    got = gen_scores.score("others_to_drums", ref, late, drums, 32)
     assert got["onset_f1"] == 0.0 and got["drum_repeat_prev"] == 1.0 and got["instruments"] == 1.0
-    assert gen_eval.score("others_to_drums", ref, drums, drums, 32)["onset_f1"] == 1.0
+    assert gen_scores.score("others_to_drums", ref, drums, drums, 32)["onset_f1"] == 1.0
     rows = [{"majmin": 1.0, "weight": 10.0}, {"majmin": 0.0, "weight": 30.0}, {"majmin": float("nan"), "weight": 5.0}]
-    assert gen_eval.summarize("melody_to_chord", rows)["majmin"] == pytest.approx(0.25)
+    assert gen_scores.summarize("melody_to_chord", rows)["majmin"] == pytest.approx(0.25)
 
 
 def test_gen_eval_run_and_baselines_on_held_out_songs(runs, data_dir):
@@ -335,7 +335,7 @@ def test_gen_eval_run_and_baselines_on_held_out_songs(runs, data_dir):
     what labelling every bar root:maj scores (worked out here from the true chord track, not by harmonise)."""
     import json
 
-    from m4mjax import evaluate, gen_eval
+    from m4mjax import evaluate, gen_scores
 
     out = evaluate.evaluate(str(runs["chord_to_melody"]), max_batches=2)
     saved = json.loads((runs["chord_to_melody"] / "eval.json").read_text())
@@ -343,18 +343,18 @@ def test_gen_eval_run_and_baselines_on_held_out_songs(runs, data_dir):
     assert 0.0 <= saved["test"]["chord_tone"] <= 1.0
     from m4mjax import chord_eval
 
-    base = gen_eval.baselines("melody_to_chord", str(data_dir), max_songs=3)
+    base = gen_scores.baselines("melody_to_chord", str(data_dir), max_songs=3)
     assert base["truth"]["majmin"] == 1.0
     num = den = 0.0
-    for _, _, truth, n in gen_eval.held_out(str(data_dir), tasks.get_task("melody_to_chord"), 3):
+    for _, _, truth, n in gen_scores.held_out(str(data_dir), tasks.get_task("melody_to_chord"), 3):
         segs = labels.track_to_chords(truth, None, n_frames=n)
         as_major = [(a, b, lab if lab == "N" else lab.split(":")[0] + ":maj") for a, b, lab in segs]
         num, den = num + n * chord_eval.score_chords(segs, as_major)["majmin"], den + n
     assert 0.2 < num / den < 0.9 and base["rule"]["majmin"] == pytest.approx(num / den, abs=1e-3)
-    c2m = gen_eval.baselines("chord_to_melody", str(data_dir), max_songs=3)
+    c2m = gen_scores.baselines("chord_to_melody", str(data_dir), max_songs=3)
     assert c2m["truth"]["pc_distance"] == 0.0 and c2m["truth"]["interval_distance"] == 0.0
     per_song = []  # 4 melody notes a bar; over a minor chord the (major) third is the one non-chord tone
-    for _, ref, _, n in gen_eval.held_out(str(data_dir), tasks.get_task("chord_to_melody"), 3):
+    for _, ref, _, n in gen_scores.held_out(str(data_dir), tasks.get_task("chord_to_melody"), 3):
         quals = [lab.split(":")[1] for _, _, lab in labels.track_to_chords(ref, None, n_frames=n) if lab != "N"]
         per_song.append(1 - quals.count("min") / (4 * len(quals)))
     assert c2m["truth"]["chord_tone"] == pytest.approx(np.mean(per_song), abs=1e-3)

@@ -45,7 +45,7 @@ def m4m_runs(analysis_dir, data_dir, tmp_path_factory):  # noqa: F811
 
 
 def test_m4m_explore_notebook(m4m_runs, monkeypatch, tmp_path):
-    from m4mjax import analyze
+    from m4mjax.runs import load_run
 
     out = tmp_path / "out"
     monkeypatch.setenv("ANALYSIS_WORKDIR", str(m4m_runs["analysis"]))  # the kernel inherits the env
@@ -77,7 +77,7 @@ def test_m4m_explore_notebook(m4m_runs, monkeypatch, tmp_path):
     m = re.search(r"adapter gates \(global layer: value\): (\{.*\})", text)
     assert m, text
     shown = {int(k): v for k, v in json.loads(m[1]).items()}
-    model, cfg = analyze.load_run(str(m4m_runs["analysis"]))
+    model, cfg = load_run(str(m4m_runs["analysis"]))
     every = int(cfg.link.adapter_every)
     want = {i * every: np.asarray(a.gate[...]).ravel() for i, a in enumerate(model.adapters)}
     assert sorted(shown) == sorted(want) and want

@@ -7,7 +7,7 @@ from flax import nnx
 
 from m4m_fixtures import random_frames
 from m4mjax.model import M4MTransformer, model_config
-from m4mjax.sample import generate, sample_logits
+from m4mjax.sampling import generate, sample_logits
 
 
 def tiny_cfg():
@@ -130,7 +130,7 @@ def test_sampled_frequencies_follow_the_renormalised_nucleus(spread):
 
 
 def test_inverse_cdf_never_returns_a_zero_weight_token():
-    from m4mjax.sample import _inverse_cdf
+    from m4mjax.sampling import _inverse_cdf
 
     _inverse_cdf = jax.jit(_inverse_cdf)  # one program per shape (eager: one per primitive)
     w = np.zeros((3, 3331), np.float32)  # like banned SOS/PAD at the end of the vocabulary
@@ -172,7 +172,7 @@ def _prompt_midi(path):
 
 
 def test_sampled_file_has_prompt_timing_cut_notes_and_sampled_length(tmp_path):
-    from m4mjax.sample import load_prompt, write_samples
+    from m4mjax.sampling import load_prompt, write_samples
     from smf import read_smf
 
     _prompt_midi(tmp_path / "prompt.mid")
@@ -202,7 +202,7 @@ def test_sampled_file_has_prompt_timing_cut_notes_and_sampled_length(tmp_path):
 
 
 def test_sampled_file_without_prompt_is_120_qpm_4_4(tmp_path):
-    from m4mjax.sample import write_samples
+    from m4mjax.sampling import write_samples
     from smf import read_smf
 
     tokens = np.array([_row([(0, 60, 19)])] + [_row([])] * 3, np.int32)[None]

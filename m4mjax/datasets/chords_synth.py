@@ -19,6 +19,7 @@ import numpy as np
 
 from m4mjax import labels
 from m4mjax import tokenizer as tok
+from m4mjax.datasets.chord_songs import make_song
 
 MMA_LIB = Path("/usr/share/mma/lib/stdlib")
 NAMES = labels.NAMES  # spellings mma, mir_eval and the chord-track decoder share
@@ -236,8 +237,6 @@ def synth_song(item: dict[str, Any], p: dict[str, Any]) -> list[dict[str, Any]]:
     if not end - bar <= n <= end + 2 * bar:  # the groove's Time was misread: the labels would not match
         raise ValueError(f"{item['key']}: mma piece lasts {n} frames, the chart {end} (groove {p['groove']})")
     downs, beats = synth_beats(p["beats_per_bar"], len(p["bars"]))
-    from m4mjax.datasets.chords import make_song  # (chords imports this module)
-
     return make_song(item, music, n, segments, downs, beats, tok.timing_of(score)["tempos"],
                      **{k: p[k] for k in ("groove", "groove2", "key", "style", "tempo", "tempo2", "timesig",
                                           "beats_per_bar", "rtime", "rvolume")})

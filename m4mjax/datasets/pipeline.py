@@ -104,7 +104,7 @@ def prepared_dir(cfg_data: Any) -> str | None:
 def _check_duplicates(corpus: str, built: str | None, wanted: str) -> None:
     """One-line error when the corpus was built with another duplicates setting than data.duplicates says."""
     if built is not None and built != wanted:
-        from m4mjax.run.cli import UserError
+        from m4mjax.run.errors import UserError
 
         raise UserError(f"{corpus} was built with --duplicates={built}, but data.duplicates={wanted!r}; set "
                         f"--config.data.duplicates={built}, or prepare a folder with --duplicates={wanted}",
@@ -117,7 +117,7 @@ def open_split(cfg_data: Any, split: str) -> tuple[Any, np.ndarray]:
         raise ValueError(f"split must be one of {records.SPLITS}, got {split!r}")
     duplicates = cfg_data.get("duplicates", "longest")
     if duplicates not in tok.DUPLICATES:
-        from m4mjax.run.cli import UserError
+        from m4mjax.run.errors import UserError
 
         raise UserError(f"must be one of {', '.join(tok.DUPLICATES)}", f"data.duplicates={duplicates!r}")
     prepared = prepared_dir(cfg_data)
@@ -127,12 +127,12 @@ def open_split(cfg_data: Any, split: str) -> tuple[Any, np.ndarray]:
         return src, src.lengths
     if cfg_data.name.startswith("m4m_default/"):
         _check_duplicates(cfg_data.name, "longest", duplicates)  # the embedded corpus is built 'longest'
-        from m4mjax.datasets import default
+        from m4mjax.datasets import corpus
 
         variant = cfg_data.name.split("/", 1)[1]
-        b = default.builder(variant, cfg_data.dir)
+        b = corpus.builder(variant, cfg_data.dir)
         if not Path(b.data_dir).joinpath("dataset_info.json").exists():
-            from m4mjax.run.cli import UserError
+            from m4mjax.run.errors import UserError
 
             raise UserError(f"{cfg_data.name} is not built under {cfg_data.dir}; run `python -m "
                             f"m4mjax.datasets.default --variant={variant} --data_dir={cfg_data.dir}`", "data.name")

@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from m4mjax.run.cli import UserError
+from m4mjax.run.errors import UserError
 
 _preempted = threading.Event()
 ASIDE = "unreadable_checkpoints"  # where a resuming trainer moves damaged steps (beside checkpoints/)

@@ -15,7 +15,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from m4mjax.run import io
+from m4mjax.run import errors, io
 
 # Set by experiments/tpu.sh (and any pod launcher) on every worker of a multi-host slice.
 DISTRIBUTED_ENV = "M4MJAX_DISTRIBUTED"
@@ -24,24 +24,8 @@ DEBUG_ENV = "M4MJAX_DEBUG"  # set to 1 (or pass --debug) to see the traceback be
 NOISY_LOGGERS = ("absl", "orbax", "tensorflow", "tensorflow_datasets", "jax", "grain", "etils", "matplotlib")
 
 
-class UserError(ValueError):
-    """A user's mistake (bad file, flag value, config key, missing workdir): reported as ONE line
-    ``<command>: error: <what> (<where>)`` on stderr with exit status 2 and no traceback."""
-
-    def __init__(self, what: str, where: str | None = None, *, reads_in_flight: bool = False):
-        # reads_in_flight: raised after a failed Orbax read, whose TensorStore threads may still print
-        # "Event loop is closed" tracebacks until the process exits (report_errors then silences stderr)
-        self.what, self.where, self.reads_in_flight = what, where, reads_in_flight
-        super().__init__(f"{what} ({where})" if where else what)
-
-
-def user_error(e: BaseException, where: str) -> UserError:
-    """A UserError from a library's ValueError/OSError message about ``where`` (a leading "where: " dropped)."""
-    what = str(e).strip() or type(e).__name__
-    for prefix in (f"{where}: ", f"{where} "):
-        if what.startswith(prefix):
-            what = what[len(prefix):]
-    return UserError(what, where)
+UserError = errors.UserError  # re-exported for the commands (library code imports m4mjax.run.errors)
+user_error = errors.user_error
 
 
 def command_name() -> str:
