@@ -32,6 +32,8 @@ def _flags_of(module: str) -> str:
     src = open(spec.origin).read()
     if "define_flags(" in src or "run_trainer(" in src or "train_main(" in src:  # the shared trainer flags
         src += (REPO / "m4mjax/run/cli.py").read_text()
+    if "eval_command.run(" in src:  # the flags both held-out evaluations share
+        src += (REPO / "m4mjax/eval_command.py").read_text()
     return src
 
 

@@ -2,15 +2,8 @@
 
     python -m m4mjax.datasets.chords --out=data/analysis [--n_synth=1000] [--workers=2] [--groups=synth,romantext,auto]
 
-Each song's notes = its music (tracks < 250) + the chord track (``labels.CHORD_TRACK``) + the beat track
-(``labels.BEAT_TRACK``); read it with ``data.name='prepared'``, ``data.dir=OUT``, ``data.reference='notrack:...'``
-style selectors. ``OUT/labels.json`` holds the exact labels per song id (Harte segments in frames and seconds,
-downbeats, beats, tempo map, group, split) so evaluation scores against them, not against the rendered track.
-Groups (docs/DATA.md): ``synth/mma`` (generated charts rendered by mma, labels exact; split = piece index mod
-10), ``romantext/bach`` and ``romantext/monteverdi`` (music21's human RomanText analyses; all 'test': the real-
-music evaluation set), ``auto/corpus`` (Debian game MIDI + Bach chorales labelled by chorder's Dechorder; split =
-the embedded corpus's recorded split, so songs held out from the LM stay held out). Resumable like prepare.
-The building itself: ``m4mjax.datasets.chord_data``.
+OUT/labels.json holds the exact labels per song id; the groups, their splits and the song layout are described
+in ``m4mjax.datasets.chord_data`` (the library this command runs). Resumable like prepare.
 """
 from __future__ import annotations
 
