@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from m4mjax import continuation as cont
+from m4mjax import continuation_scores as cont
 from m4mjax import tokenizer as tk
 
 
