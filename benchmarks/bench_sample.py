@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from m4mjax.model import M4MTransformer, model_config
-from m4mjax.sample import generate
+from m4mjax.sampling import generate
 
 
 def small_config():

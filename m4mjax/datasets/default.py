@@ -5,10 +5,8 @@ Build (parallel, cached, resumable; converted songs are cached per source group 
     python -m m4mjax.datasets.default --variant=demo --workers=2   # demo subset, ~1-2 min on 2 cores
     python -m m4mjax.datasets.default --variant=full --workers=2   # whole corpus, see report for timings
 
-Read: ``builder(variant, data_dir).as_data_source()[split]`` (``m4mjax.datasets.corpus``, the library below). Groups (one per source) are kept apart in the
-``group`` field. Splits are fixed in ``splits/default.json`` (song id -> split; within each group, songs in id
-order, index mod 10: 0 test, 1 valid, else train); a song missing from that file (other music21 version)
-falls back to crc32(id) mod 10 and is counted in the build report.
+What is built, its groups and its recorded splits: ``m4mjax.datasets.corpus`` (the library this command runs;
+read the corpus with ``corpus.builder(variant, data_dir).as_data_source()[split]``).
 """
 from __future__ import annotations
 
@@ -19,6 +17,7 @@ from pathlib import Path
 
 from m4mjax.datasets import convert, records
 from m4mjax.datasets.corpus import SPLITS_FILE, VARIANTS, build_cache, builder, split_table, write_splits
+
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: build the default corpus (and print per-group sizes and times)."""
