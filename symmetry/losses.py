@@ -31,6 +31,17 @@ def teacher_forcing_mask(key: jax.Array, iteration: jax.Array, length: int, cfg:
     return (t < cfg.base_len) | (jax.random.uniform(key, (length,)) <= p)
 
 
+def z_ramp_weight(iteration: jax.Array, start: int, end: int) -> jax.Array:
+    """Weight of the z-space losses: 0 before ``start``, linear to 1 at ``end``, 1 after (start = end: a step)."""
+    it = jnp.asarray(iteration, jnp.float32)
+    if end == start:
+        return (it >= start).astype(jnp.float32)
+    return jnp.clip((it - start) / (end - start), 0.0, 1.0)
+
+
+Z_TERMS = ("prior_z", "sym_z/", "srs/")  # the z-space losses (names or name prefixes) that z_ramp scales
+
+
 def reparameterize(key: jax.Array, mu: jax.Array, logvar: jax.Array, mode: str) -> jax.Array:
     """'official': mu + eps * 0.5 * exp(logvar) (the authors' code); 'standard': mu + eps * exp(logvar / 2)."""
     eps = jax.random.normal(key, mu.shape, mu.dtype)
@@ -65,7 +76,7 @@ def sps_loss(model: SPSModel, x: jax.Array, iteration: jax.Array, key: jax.Array
     """x [B, T, *frame] in [0,1] -> (total loss, dict of weighted terms + 'loss' + 'p_tf').
 
     Terms: self_x, kl, [prior_x, prior_z, sym_z/<g>, sym_x/<g>, srs/<g>]; each sym term already carries
-    its weight and 1/K. Decoding of predictions uses the prior dims from the prior and, when d >
+    its weight and 1/K, and the z-space terms (Z_TERMS) the z_ramp weight (then also logged as 'z_ramp'). Decoding of predictions uses the prior dims from the prior and, when d >
     prior_dims, the remaining dims from the encoder at the target step."""
     B, T = x.shape[:2]
     k_eps, k_mask, k_grp = jax.random.split(key, 3)
@@ -125,6 +136,11 @@ def sps_loss(model: SPSModel, x: jax.Array, iteration: jax.Array, key: jax.Array
 
 
 def _total(terms: dict[str, jax.Array], cfg: SPSConfig, iteration: jax.Array) -> tuple[jax.Array, dict]:
+    extra = {}
+    if cfg.z_ramp_end:  # (0, 0) = off: the paper's graph, untouched
+        w = extra["z_ramp"] = z_ramp_weight(iteration, cfg.z_ramp_start, cfg.z_ramp_end)
+        terms = {k: v * w if k.startswith(Z_TERMS) else v for k, v in terms.items()}
     total = sum(terms.values())
-    out = dict(terms, loss=total, p_tf=teacher_forcing_prob(iteration, cfg.ss_alpha, cfg.ss_beta, cfg.ss_iter_scale))
+    out = dict(terms, loss=total, p_tf=teacher_forcing_prob(iteration, cfg.ss_alpha, cfg.ss_beta, cfg.ss_iter_scale),
+               **extra)
     return total, out

@@ -2,9 +2,8 @@
 
 Audio nets follow spec §4.2 (513 freq x 5 frames per note) and ball nets §4.1 (32x32x3). Because the
 audio time axis collapses to width 1 after the first encoder layer, every audio conv is a 1-D conv
-over frequency (the 5 frames act as channels of the first layer / output channels of the last).
-``conv_impl='matmul'`` computes them as patch-matmuls (fast on CPU and under a vmapped seed axis),
-``'lax'`` with XLA convolutions; both use the same parameters and give the same numbers.
+over frequency (the 5 frames act as channels of the first layer / output channels of the last); the
+layers live in symmetry.layers.
 """
 from __future__ import annotations
 
@@ -17,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from m4mjax.run import mesh as mesh_lib
+from symmetry.layers import Conv1D, ConvTranspose1D, Linear, inits, param, uniform_init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +55,10 @@ class SPSConfig:
     w_sym_z: float = 4.0
     w_sym_x: float = 1.0
     w_srs: float = 0.0                  # ball: 2 (|z~ - z^|^2 against the identity-path prediction)
+    dec_offset: str = "none"            # per-pixel logit added to every decoded frame: 'none' (paper) | 'fixed' |
+                                        # 'learnable'; set to logit(mean training frame) at init (step.mean_frame_logit)
+    z_ramp_start: int = 0               # z-space losses (prior_z, sym_z, srs) x 0 before this iteration, linear to
+    z_ramp_end: int = 0                 # x 1 at z_ramp_end (0, 0 = off: the paper's constant weights)
     batch_size: int = 20
     learning_rate: float = 1e-3
 
@@ -89,6 +93,8 @@ class SPSConfig:
             (self.freq_bins >= 33 and self.frames >= 1, f"freq_bins must be >= 33 (got {self.freq_bins}), frames >= 1 (got {self.frames})"),
             (len(self.ball_channels) == 3 and min(self.ball_channels) >= 1, f"ball_channels must be 3 widths >= 1, got {self.ball_channels}"),
             (self.image_size % 8 == 0, f"image_size must be a multiple of 8, got {self.image_size}"),
+            (self.dec_offset in ("none", "fixed", "learnable"), f"dec_offset must be 'none', 'fixed' or 'learnable', got {self.dec_offset!r}"),
+            (0 <= self.z_ramp_start <= self.z_ramp_end, f"need 0 <= z_ramp_start ({self.z_ramp_start}) <= z_ramp_end ({self.z_ramp_end})"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -105,109 +111,6 @@ def ball_config(**overrides: Any) -> SPSConfig:
     base = dict(task="ball", latent_dim=3, prior_dims=3, groups=("translate", "rotate_y"), K=4, t_range=1.0,
                 translate_dims=(0, 2), base_len=5, ss_beta=6000.0, w_sym_z=2.0, w_srs=2.0, batch_size=32)
     return SPSConfig.from_mapping(base, **overrides)
-
-
-# ----------------------------------------------------------------------------------------------
-# Layers
-
-def _param(rngs: nnx.Rngs, init, shape, names) -> nnx.Param:
-    mesh_lib.configure_flax()  # we place variables ourselves: no eager sharding by Flax
-    return nnx.Param(nnx.with_partitioning(init, names)(rngs.params(), shape))
-
-
-def _uniform_init(scale: float):
-    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -scale, scale)
-
-
-def _inits(torch_init: bool, fan_in: int, kernel=None):
-    """(kernel init, bias init): PyTorch's default U(+-1/sqrt(fan_in)) for both, or lecun-normal + zeros."""
-    if torch_init:
-        u = _uniform_init(1.0 / math.sqrt(fan_in))
-        return u, u
-    return kernel or nnx.initializers.lecun_normal(), nnx.initializers.zeros_init()
-
-
-class Linear(nnx.Module):
-    """Dense layer with logical axis names on its kernel."""
-
-    def __init__(self, din: int, dout: int, names: tuple, *, torch_init: bool = False, rngs: nnx.Rngs):
-        kinit, binit = _inits(torch_init, din)
-        self.kernel = _param(rngs, kinit, (din, dout), names)
-        self.bias = _param(rngs, binit, (dout,), (names[1],))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return x @ self.kernel[...] + self.bias[...]
-
-
-def _patches(x: jax.Array, k: int, stride: int, lout: int) -> jax.Array:
-    """[N, L, C] -> [N, lout, k*C]: the k taps of each output position, tap-major."""
-    taps = [x[:, j: j + stride * (lout - 1) + 1: stride] for j in range(k)]
-    return jnp.concatenate(taps, axis=-1)
-
-
-class Conv1D(nnx.Module):
-    """= torch Conv2d(kernel (k, w), stride s, padding (p, 0)) on an input of width w (w folded into channels)."""
-
-    def __init__(self, cin: int, cout: int, k: int, stride: int, pad: int, impl: str, *, torch_init: bool = False,
-                 rngs: nnx.Rngs):
-        self.k, self.stride, self.pad, self.impl = k, stride, pad, impl
-        kinit, binit = _inits(torch_init, k * cin, nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2))
-        self.kernel = _param(rngs, kinit, (k, cin, cout), (None, None, "channels"))
-        self.bias = _param(rngs, binit, (cout,), ("channels",))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x [N, L, Cin] -> [N, (L + 2p - k)//s + 1, Cout]."""
-        w = self.kernel[...]
-        if self.impl == "lax":
-            y = jax.lax.conv_general_dilated(x, w, (self.stride,), [(self.pad, self.pad)],
-                                             dimension_numbers=("NWC", "WIO", "NWC"))
-        else:
-            xp = jnp.pad(x, ((0, 0), (self.pad, self.pad), (0, 0)))
-            lout = (xp.shape[1] - self.k) // self.stride + 1
-            y = _patches(xp, self.k, self.stride, lout) @ w.reshape(-1, w.shape[-1])
-        return y + self.bias[...]
-
-
-class ConvTranspose1D(nnx.Module):
-    """= torch ConvTranspose2d(kernel (k, w), stride s, padding (p, 0)) on an input of width 1.
-
-    Output length (L-1)s - 2p + k; the w output columns are folded into the output channels.
-    The matmul form is the sub-pixel decomposition: ceil(k/s) taps produce s outputs each."""
-
-    def __init__(self, cin: int, cout: int, k: int, stride: int, pad: int, impl: str, width: int = 1, *,
-                 torch_init: bool = False, rngs: nnx.Rngs):
-        self.k, self.stride, self.pad, self.impl = k, stride, pad, impl
-        # torch's fan_in of a ConvTranspose2d weight [cin, cout, k, w] is cout * k * w
-        kinit, binit = _inits(torch_init, k * width * cout, nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2))
-        self.kernel = _param(rngs, kinit, (k, cin, width * cout), (None, "channels", None))
-        self.bias = _param(rngs, binit, (cout,), (None,))  # shared over the w columns
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x [N, L, Cin] -> [N, (L-1)s - 2p + k, Cout]; out[i*s - p + j] += x[i] @ kernel[j]."""
-        k, s, p, w = self.k, self.stride, self.pad, self.kernel[...]
-        lout = (x.shape[1] - 1) * s - 2 * p + k
-        if self.impl == "lax":
-            y = jax.lax.conv_general_dilated(x, w[::-1], (1,), [(k - 1 - p, k - 1 - p)], lhs_dilation=(s,),
-                                             dimension_numbers=("NWC", "WIO", "NWC"))
-            return self._add_bias(y)
-        n, length, cin = x.shape
-        taps = -(-k // s)
-        wp = jnp.pad(w, ((0, taps * s - k), (0, 0), (0, 0))).reshape(taps, s, cin, -1)
-        # window q holds x[q-taps+1 .. q]; element m of the window uses kernel tap group taps-1-m
-        wm = jnp.transpose(wp[::-1], (0, 2, 1, 3)).reshape(taps * cin, -1)
-        xp = jnp.pad(x, ((0, 0), (taps - 1, taps - 1), (0, 0)))
-        lq = length + taps - 1
-        if taps * cin <= wm.shape[-1]:   # wide outputs: one GEMM over tap-major patches
-            y = _patches(xp, taps, 1, lq) @ wm                       # [N, L+taps-1, s*Cout]
-        else:                            # narrow outputs: one GEMM per input, then sum shifted tap outputs
-            ym = (xp @ jnp.concatenate(jnp.split(wm, taps, axis=0), axis=1)).reshape(n, -1, taps, wm.shape[-1])
-            y = sum(ym[:, m: m + lq, m] for m in range(taps))
-        y = y.reshape(n, (length + taps - 1) * s, -1)[:, p: p + lout]
-        return self._add_bias(y)
-
-    def _add_bias(self, y: jax.Array) -> jax.Array:
-        b = self.bias[...]
-        return (y.reshape(y.shape[:-1] + (-1, b.shape[0])) + b).reshape(y.shape)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,7 +178,7 @@ class AudioDecoder(nnx.Module):
 
 def _nnx_inits(torch_init: bool, fan_in: int, channel_axis: int) -> dict:
     """kernel_init / bias_init for nnx.Conv(Transpose) with the 'channels' logical axis on ``channel_axis``."""
-    kinit, binit = _inits(torch_init, fan_in)
+    kinit, binit = inits(torch_init, fan_in)
     names = tuple("channels" if i == channel_axis else None for i in range(4))
     mesh_lib.configure_flax()
     return dict(kernel_init=nnx.with_partitioning(kinit, names), bias_init=binit)
@@ -337,12 +240,12 @@ class RNNLayer(nnx.Module):
 
     def __init__(self, din: int, hidden: int, kind: str, *, rngs: nnx.Rngs):
         g = 3 if kind == "gru" else 1
-        init = _uniform_init(1.0 / math.sqrt(hidden))
+        init = uniform_init(1.0 / math.sqrt(hidden))
         self.kind, self.hidden = kind, hidden
-        self.w_x = _param(rngs, init, (din, g * hidden), ("latent", "mlp"))
-        self.w_h = _param(rngs, init, (hidden, g * hidden), ("embed", "mlp"))
-        self.b_x = _param(rngs, init, (g * hidden,), ("mlp",))
-        self.b_h = _param(rngs, init, (g * hidden,), ("mlp",))
+        self.w_x = param(rngs, init, (din, g * hidden), ("latent", "mlp"))
+        self.w_h = param(rngs, init, (hidden, g * hidden), ("embed", "mlp"))
+        self.b_x = param(rngs, init, (g * hidden,), ("mlp",))
+        self.b_h = param(rngs, init, (g * hidden,), ("mlp",))
 
     def __call__(self, h: jax.Array, x: jax.Array) -> jax.Array:
         gx = x @ self.w_x[...] + self.b_x[...]
@@ -395,6 +298,10 @@ class SPSModel(nnx.Module):
         self.encoder = enc(cfg, rngs=rngs)
         self.decoder = dec(cfg, rngs=rngs)
         self.prior = Prior(cfg, rngs=rngs)
+        self.offset_mode = cfg.dec_offset
+        if cfg.dec_offset != "none":  # a Param (checkpointed, evaluated) in both modes; 'fixed' gets no gradient
+            shape = frame_shape(cfg)
+            self.dec_offset = param(rngs, nnx.initializers.zeros_init(), shape, (None,) * len(shape))
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """x [..., *frame] -> mu, logvar [..., d] (frame = (F, W) audio, (H, W, C) ball)."""
@@ -406,7 +313,15 @@ class SPSModel(nnx.Module):
     def decode(self, z: jax.Array) -> jax.Array:
         """z [..., d] -> logits [..., *frame]."""
         y = self.decoder(z.reshape(-1, z.shape[-1]))
+        if self.offset_mode != "none":
+            b = self.dec_offset[...]
+            y = y + (jax.lax.stop_gradient(b) if self.offset_mode == "fixed" else b)
         return y.reshape(z.shape[:-1] + y.shape[1:])
+
+
+def frame_shape(cfg: SPSConfig) -> tuple[int, ...]:
+    """One decoded frame: (F, W) audio, (H, W, C) ball."""
+    return (cfg.freq_bins, cfg.frames) if cfg.task == "audio" else (cfg.image_size,) * 2 + (cfg.image_channels,)
 
 
 def count_params(model: nnx.Module) -> int:

@@ -16,13 +16,14 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from m4mjax.run.mesh import state_shardings
 from symmetry.losses import sps_loss
-from symmetry.model import SPSConfig, SPSModel
+from symmetry.model import SPSConfig, SPSModel, frame_shape
 
 
 @struct.dataclass
@@ -44,20 +45,39 @@ def make_optimizer(cfg: SPSConfig) -> optax.GradientTransformation:
     return optax.adam(cfg.learning_rate)
 
 
-def _init_one(cfg: SPSConfig, key: jax.Array, seed_id: jax.Array):
+def mean_frame_logit(x: np.ndarray, eps: float = 1e-3) -> np.ndarray:
+    """logit of the mean frame of a training set x [N, T, *frame] (uint8 in [0, 255] or float in [0, 1]), the mean
+    clipped to [eps, 1 - eps] (finite logits where a pixel is always 0 or 1): the decoder's output offset."""
+    x = np.asarray(x)
+    m = x.reshape((-1,) + x.shape[2:]).mean(0, dtype=np.float64)
+    m = np.clip(m / 255.0 if x.dtype == np.uint8 else m, eps, 1.0 - eps)
+    return np.log(m / (1.0 - m)).astype(np.float32)
+
+
+def _init_one(cfg: SPSConfig, key: jax.Array, seed_id: jax.Array, dec_offset=None):
     model = SPSModel(cfg, rngs=nnx.Rngs(params=jax.random.fold_in(key, seed_id)))
+    if dec_offset is not None:
+        model.dec_offset[...] = jnp.asarray(dec_offset, jnp.float32)
     graphdef, params = nnx.split(model, nnx.Param)
     return params, make_optimizer(cfg).init(params)
 
 
-def init_state(cfg: SPSConfig, seeds: int, key: jax.Array, mesh: Mesh | None = None, first_seed: int = 0) -> SPSState:
-    """Independently initialise ``seeds`` models (ids first_seed..first_seed+seeds-1) plus their Adam state."""
+def init_state(cfg: SPSConfig, seeds: int, key: jax.Array, mesh: Mesh | None = None, first_seed: int = 0,
+               dec_offset: np.ndarray | None = None) -> SPSState:
+    """Independently initialise ``seeds`` models (ids first_seed..first_seed+seeds-1) plus their Adam state.
+
+    dec_offset: the decoder output offset's initial value when cfg.dec_offset != 'none' (mean_frame_logit of the
+    training set; zeros when None, e.g. a shape to restore a checkpoint into)."""
     if seeds < 1:
         raise ValueError(f"symmetry config 'seeds' must be >= 1, got {seeds}")
     cfg.validate()
+    if cfg.dec_offset == "none":
+        dec_offset = None
+    elif dec_offset is not None and np.shape(dec_offset) != frame_shape(cfg):
+        raise ValueError(f"dec_offset of shape {np.shape(dec_offset)}, but the decoder's frames are {frame_shape(cfg)}")
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: SPSModel(cfg, rngs=nnx.Rngs(0))), nnx.Param)
     seed_ids = jnp.arange(first_seed, first_seed + seeds, dtype=jnp.int32)
-    init = jax.vmap(lambda s: _init_one(cfg, key, s))
+    init = jax.vmap(lambda s: _init_one(cfg, key, s, dec_offset))
     out_shardings = None
     if mesh is not None:
         abstract = jax.eval_shape(init, seed_ids)

@@ -60,7 +60,15 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -
     mesh = mesh_lib.make_mesh(cfg.mesh)
     key = jax.random.key(0)  # one base key: seed id s owns fold_in(key, s), however the seeds are split into runs
     with mesh_lib.use_mesh(mesh):
-        state = step_lib.init_state(mcfg, cfg.num_seeds, key, mesh, first_seed=cfg.seed)
+        train_x, offset = None, None
+        if not dry_run:
+            try:
+                train_x = load_train_data(cfg, mcfg)
+            except ValueError as e:
+                raise cli.UserError(str(e), "--config.data") from e
+            if mcfg.dec_offset != "none":  # the decoder's output offset starts at logit(mean training frame)
+                offset = step_lib.mean_frame_logit(train_x)
+        state = step_lib.init_state(mcfg, cfg.num_seeds, key, mesh, first_seed=cfg.seed, dec_offset=offset)
         step_fn = step_lib.make_train_step(mcfg, state)
         if dry_run:
             data = dry_run_data(cfg, mcfg)
@@ -71,10 +79,6 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -
                     "compiled": compiled is not None}
             print(json.dumps(info, indent=2))
             return info
-        try:
-            train_x = load_train_data(cfg, mcfg)
-        except ValueError as e:
-            raise cli.UserError(str(e), "--config.data") from e
         data = jax.device_put(train_x, step_lib.replicated(mesh))
         ckpt = checkpoint.Checkpointer(workdir, cfg.train.ckpt_every, cfg.train.ckpt_keep)
         start = 0

@@ -7,8 +7,8 @@ from flax import nnx
 
 from symmetry.losses import reparameterize, teacher_forcing_mask, teacher_forcing_prob
 from sps_fixtures import numpy_model
-from symmetry.model import (Conv1D, ConvTranspose1D, Prior, SPSConfig, SPSModel, audio_config, ball_config,
-                            count_params)
+from symmetry.layers import Conv1D, ConvTranspose1D
+from symmetry.model import Prior, SPSConfig, SPSModel, audio_config, ball_config, count_params
 
 
 def _abstract_counts(cfg):

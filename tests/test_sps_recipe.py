@@ -1,0 +1,180 @@
+"""Issue 22's training recipe for the ball video (switches; all off = the paper): the decoder output offset
+(logit of the mean training frame; 'fixed' or 'learnable'), the z-space loss ramp, and sps_video.py:cpu_recipe.
+Expected numbers are computed here by hand / numpy, not through the code under test."""
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from sps_fixtures import numpy_model
+from symmetry.losses import sps_loss, z_ramp_weight
+from symmetry.model import ball_config
+from symmetry.step import init_state, make_train_step, mean_frame_logit
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+VIDEO = str(REPO / "experiments/symmetry/sps_video.py")
+TINY = dict(image_size=8, image_channels=1, ball_channels=(4, 8, 8), rnn_hidden=8, K=2, batch_size=2)
+L = np.log(1e-3 / (1 - 1e-3))  # logit of the clip bound: -6.906...
+
+
+def _hand_set() -> np.ndarray:
+    """uint8 [N=2, T=3, 8, 8, 1]: pixel (0,0) always 0, (0,1) always 255, (0,2) 51 in every frame, (0,3) 255 in 3
+    of the 6 frames, (0,4) 102 in 2 of 6; every other pixel 0."""
+    x = np.zeros((2, 3, 8, 8, 1), np.uint8)
+    x[:, :, 0, 1] = 255
+    x[:, :, 0, 2] = 51
+    x[0, :, 0, 3] = 255
+    x[1, :2, 0, 4] = 102
+    return x
+
+
+def _hand_offset() -> np.ndarray:
+    want = np.full((8, 8, 1), L)
+    want[0, 1] = -L                              # mean 1 -> clipped to 0.999
+    want[0, 2] = np.log(0.2 / 0.8)               # 51/255 = 0.2
+    want[0, 3] = 0.0                             # mean 0.5
+    want[0, 4] = np.log((0.4 / 3) / (1 - 0.4 / 3))  # 102/255 = 0.4 in 2 of 6 frames
+    return want
+
+
+def test_offset_is_logit_of_the_mean_training_frame():
+    x = _hand_set()
+    np.testing.assert_allclose(mean_frame_logit(x), _hand_offset(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(mean_frame_logit(x.astype(np.float32) / 255), _hand_offset(), rtol=1e-5, atol=1e-5)
+    assert np.isfinite(mean_frame_logit(x)).all()
+    for mode in ("fixed", "learnable"):  # init_state puts it in every seed's parameters
+        state = init_state(ball_config(dec_offset=mode, **TINY), 2, jax.random.key(0), dec_offset=mean_frame_logit(x))
+        got = np.asarray(state.params["dec_offset"][...])
+        assert got.shape == (2, 8, 8, 1)
+        np.testing.assert_allclose(got, np.stack([_hand_offset()] * 2), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="dec_offset of shape"):
+        init_state(ball_config(dec_offset="fixed", **TINY), 1, jax.random.key(0), dec_offset=np.zeros((4, 4, 1)))
+
+
+def test_offset_adds_to_the_decoder_logits():
+    cfg = ball_config(dec_offset="fixed", **TINY)
+    m = numpy_model(cfg)
+    z = jnp.asarray(np.random.default_rng(0).normal(size=(5, 3)), jnp.float32)
+    b = np.asarray(m.dec_offset[...])
+    assert np.abs(b).max() > 0   # numpy_model drew a non-zero offset
+    np.testing.assert_allclose(np.asarray(m.decode(z)), np.asarray(m.decoder(z)) + b, rtol=1e-6, atol=1e-6)
+
+
+def test_ramp_weight_at_given_steps():
+    got = [float(z_ramp_weight(jnp.int32(i), 150, 450)) for i in (0, 100, 150, 225, 300, 450, 451, 10_000)]
+    assert got == [0.0, 0.0, 0.0, 0.25, 0.5, 1.0, 1.0, 1.0]
+    assert [float(z_ramp_weight(jnp.int32(i), 40, 40)) for i in (39, 40, 41)] == [0.0, 1.0, 1.0]
+
+
+Z = ("prior_z", "sym_z/translate", "sym_z/rotate_y", "srs/translate", "srs/rotate_y")
+
+
+def _loss(cfg, params_from, it, x):
+    graphdef, params = nnx.split(params_from)
+    return jax.jit(lambda p: sps_loss(nnx.merge(graphdef, p), x, jnp.int32(it), jax.random.key(3), cfg))(params)
+
+
+def test_total_loss_uses_the_ramp():
+    x = jax.random.uniform(jax.random.key(1), (2, 7, 8, 8, 1))
+    paper = ball_config(**TINY)
+    ramp = ball_config(z_ramp_start=150, z_ramp_end=450, **TINY)
+    no_z = ball_config(w_prior_z=0.0, w_sym_z=0.0, w_srs=0.0, **TINY)
+    m = numpy_model(paper)  # one set of parameters (the ramp adds none)
+    for it, w in ((0, 0.0), (150, 0.0), (300, 0.5), (450, 1.0), (900, 1.0)):
+        tot_p, tp = _loss(paper, m, it, x)
+        tot_r, tr = _loss(ramp, m, it, x)
+        tot_0, _ = _loss(no_z, m, it, x)
+        assert float(tr["z_ramp"]) == w
+        zsum = sum(float(tp[k]) for k in Z)
+        assert zsum > 0
+        for k in Z:
+            assert float(tr[k]) == pytest.approx(w * float(tp[k]), rel=1e-6)
+        if w == 0.0:    # at the ramp's start the loss is the loss with the z-terms' weights zeroed
+            assert float(tot_r) == pytest.approx(float(tot_0), rel=1e-6)
+        if w == 1.0:    # after its end, the paper's loss
+            assert float(tot_r) == pytest.approx(float(tot_p), rel=1e-6)
+        assert float(tot_r) == pytest.approx(float(tot_0) + w * zsum, rel=1e-5)
+
+
+def test_switches_off_reproduce_the_paper_loss():
+    from experiments.sweep import load_experiment
+    paper = ball_config(**TINY)
+    assert (paper.dec_offset, paper.z_ramp_start, paper.z_ramp_end) == ("none", 0, 0)
+    p = load_experiment(VIDEO).get_config("paper").model
+    assert (p.dec_offset, p.z_ramp_start, p.z_ramp_end, p.ss_iter_scale) == ("none", 0, 0, 1.0)
+    x = jax.random.uniform(jax.random.key(1), (2, 7, 8, 8, 1))
+    m = numpy_model(paper)
+    assert "dec_offset" not in nnx.state(m, nnx.Param)      # the paper's parameter tree: no offset leaf
+    tot, t = _loss(paper, m, 300, x)
+    assert set(t) == {"self_x", "kl", "loss", "p_tf", "prior_x"} | set(Z) | {"sym_x/translate", "sym_x/rotate_y"}
+    assert float(tot) == pytest.approx(sum(float(v) for k, v in t.items() if k not in ("loss", "p_tf")), rel=1e-6)
+    # an offset of zeros leaves every term as the paper's, bit for bit
+    for mode in ("fixed", "learnable"):
+        cfg = ball_config(dec_offset=mode, **TINY)
+        mo = numpy_model(cfg)
+        nnx.update(mo, nnx.state(m, nnx.Param))
+        mo.dec_offset[...] = jnp.zeros((8, 8, 1))
+        tot_o, to = _loss(cfg, mo, 300, x)
+        assert {k: float(v) for k, v in to.items()} == {k: float(v) for k, v in t.items()}
+
+
+def test_learnable_offset_is_trained_and_fixed_is_not():
+    x = np.random.default_rng(0).integers(0, 256, (4, 7, 8, 8, 1), dtype=np.uint8)
+    off = mean_frame_logit(x)
+    for mode in ("fixed", "learnable"):
+        cfg = ball_config(dec_offset=mode, **TINY)
+        state = init_state(cfg, 1, jax.random.key(0), dec_offset=off)
+        # gradient of the loss w.r.t. the offset
+        params = jax.tree.map(lambda a: a[0], state.params)
+        g = jax.grad(lambda p: sps_loss(nnx.merge(state.graphdef, p), jnp.asarray(x[:2]) / 255.0, jnp.int32(0),
+                                        jax.random.key(1), cfg)[0])(params)
+        gnorm = float(jnp.abs(g["dec_offset"][...]).max())
+        before = {k: np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(state.params)}
+        state, _ = make_train_step(cfg)(state, jnp.asarray(x), jnp.int32(0), jax.random.key(2))
+        after = dict(jax.tree_util.tree_leaves_with_path(state.params))
+        moved = {jax.tree_util.keystr(k) for k in before if not np.array_equal(before[k], np.asarray(after[k]))}
+        offset_moved = any("dec_offset" in k for k in moved)
+        assert moved - {k for k in moved if "dec_offset" in k}, "the nets train in both modes"
+        if mode == "fixed":
+            assert gnorm == 0.0 and not offset_moved
+            np.testing.assert_array_equal(np.asarray(state.params["dec_offset"][...])[0], off)
+        else:
+            assert gnorm > 0.0 and offset_moved
+
+
+def test_cpu_recipe_variant():
+    from experiments.sweep import load_experiment
+    exp = load_experiment(VIDEO)
+    flat = lambda c: {f"{g}.{k}": v for g in ("data", "model", "train") for k, v in c[g].items()}  # noqa: E731
+    cpu, rec = flat(exp.get_config("cpu")), flat(exp.get_config("cpu_recipe"))
+    assert {k for k in cpu if cpu[k] != rec[k]} == set(exp.RECIPE)
+    assert {k: rec[k] for k in exp.RECIPE} == {"model.dec_offset": "fixed", "model.z_ramp_start": 150,
+                                                "model.z_ramp_end": 450, "model.ss_iter_scale": 1.0}
+    for k in ("model.dec_offset", "model.z_ramp_start", "model.ss_iter_scale"):   # each switch is a listed deviation
+        assert any(d.startswith(k.split("_start")[0]) and "cpu_recipe" in d for d in exp.DEVIATIONS), k
+    assert (cpu["model.dec_offset"], cpu["model.z_ramp_end"]) == ("none", 0)
+    assert exp.SWEEP_VARIANT == "cpu_recipe"
+
+
+@pytest.mark.integration  # trains 3 steps of :tiny through the real entry point
+def test_train_initialises_the_offset_from_the_training_set(tmp_path):
+    from experiments.sweep import load_experiment
+    from symmetry import data as data_lib, train
+    from symmetry.runs import load_seeds
+
+    cfg = load_experiment(VIDEO).get_config("tiny")
+    cfg.data.dir = str(REPO / "data/sps")
+    cfg.mesh.fsdp = 2
+    cfg.model.dec_offset = "fixed"
+    train.train(cfg, str(tmp_path / "w"))
+    x = data_lib.build_dataset(cfg.data, "train")["x"]
+    m = np.clip(x.reshape((-1,) + x.shape[2:]).astype(np.float64).mean(0) / 255.0, 1e-3, 1 - 1e-3)
+    _, _, _, params = load_seeds(str(tmp_path / "w"))
+    got = np.asarray(params["dec_offset"][...])
+    for s in range(cfg.num_seeds):   # 'fixed': still the initial value after training
+        np.testing.assert_allclose(got[s], np.log(m / (1 - m)), rtol=1e-5, atol=1e-5)
+    assert json.loads((tmp_path / "w/config.json").read_text())["model"]["dec_offset"] == "fixed"
