@@ -76,8 +76,9 @@ def sps_loss(model: SPSModel, x: jax.Array, iteration: jax.Array, key: jax.Array
     """x [B, T, *frame] in [0,1] -> (total loss, dict of weighted terms + 'loss' + 'p_tf').
 
     Terms: self_x, kl, [prior_x, prior_z, sym_z/<g>, sym_x/<g>, srs/<g>]; each sym term already carries
-    its weight and 1/K, and the z-space terms (Z_TERMS) the z_ramp weight (then also logged as 'z_ramp'). Decoding of predictions uses the prior dims from the prior and, when d >
-    prior_dims, the remaining dims from the encoder at the target step."""
+    its weight and 1/K, and the z-space terms (Z_TERMS) the z_ramp weight (then also logged as 'z_ramp').
+    Decoding of predictions uses the prior dims from the prior and, when d > prior_dims, the remaining dims
+    from the encoder at the target step."""
     B, T = x.shape[:2]
     k_eps, k_mask, k_grp = jax.random.split(key, 3)
     mu, logvar = model.encode(x)

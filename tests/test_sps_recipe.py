@@ -163,13 +163,14 @@ def test_cpu_recipe_variant():
 @pytest.mark.integration  # trains 3 steps of :tiny through the real entry point
 def test_train_initialises_the_offset_from_the_training_set(tmp_path):
     from experiments.sweep import load_experiment
+    from experiments.symmetry import recipe_probe
     from symmetry import data as data_lib, train
     from symmetry.runs import load_seeds
 
     cfg = load_experiment(VIDEO).get_config("tiny")
     cfg.data.dir = str(REPO / "data/sps")
     cfg.mesh.fsdp = 2
-    cfg.model.dec_offset = "fixed"
+    cfg.model.update(dec_offset="fixed", z_ramp_start=1, z_ramp_end=3)
     train.train(cfg, str(tmp_path / "w"))
     x = data_lib.build_dataset(cfg.data, "train")["x"]
     m = np.clip(x.reshape((-1,) + x.shape[2:]).astype(np.float64).mean(0) / 255.0, 1e-3, 1 - 1e-3)
@@ -178,3 +179,7 @@ def test_train_initialises_the_offset_from_the_training_set(tmp_path):
     for s in range(cfg.num_seeds):   # 'fixed': still the initial value after training
         np.testing.assert_allclose(got[s], np.log(m / (1 - m)), rtol=1e-5, atol=1e-5)
     assert json.loads((tmp_path / "w/config.json").read_text())["model"]["dec_offset"] == "fixed"
+    rows = recipe_probe.probe(str(tmp_path / "w"), sequences=4)   # per checkpoint: mu spread, linear projection
+    assert [r["step"] for r in rows] == [2, 3]
+    assert rows[-1]["mu_std"].shape == (2, 3) and rows[-1]["per_axis"].shape == (2, 3)
+    assert rows[-1]["z_ramp"] == 0.5   # logged at step 3 = iteration 2, halfway from 1 to 3
