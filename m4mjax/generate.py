@@ -154,9 +154,9 @@ def generate_files(workdir: str, task: str, paths: Sequence[str], out: str, *, n
     context = int(opts.get("context", frames // 4) if context is None else context)
     if not 0.0 < top_p <= 1.0:
         raise cli.UserError("must be in (0, 1]", f"--top_p={top_p}")
-    if scale is not None and cfg.link.kind != "fa_cross":
-        raise cli.UserError(f"the adapter-output multiplier needs an FA_cross run (this run is {cfg.link.kind})",
-                            f"--scale={scale}")
+    if scale is not None and not model.accepts_scale:
+        raise cli.UserError(f"the adapter-output multiplier needs a cross-attending run (FA_cross or seq2seq; this "
+                            f"run is {cfg.link.kind})", f"--scale={scale}")
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:

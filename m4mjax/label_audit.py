@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from m4mjax import tokenizer as tok
-from m4mjax.linked import sounding_pitches
+from m4mjax.link_models import sounding_pitches
 from m4mjax.run import cli
 
 

@@ -66,14 +66,7 @@ def resolved(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def _linked_build(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
     from m4mjax import linked
 
-    if "link" not in cfg:
-        return linked.build(cfg, rngs)  # its error names the missing section
-    if cfg.link.kind == "seq2seq" and cfg.get("init_from"):
-        from m4mjax.run.errors import UserError
-
-        raise UserError("seq2seq is the from-scratch baseline: its shapes are not the foundation's "
-                        "(set --config.init_from=)", "config.init_from")
-    return linked.LinkedModel(cfg.model, linked.resolve_link(cfg.link), rngs=rngs)
+    return linked.build(cfg, rngs)
 
 
 def _linked_loss(model: nnx.Module, batch: dict, key: jax.Array | None) -> tuple[jax.Array, dict]:

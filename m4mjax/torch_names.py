@@ -18,6 +18,7 @@ import re
 import numpy as np
 
 from m4mjax.layers import sinusoid_table
+from m4mjax.link_models import KIND_CLASSES
 from m4mjax.run.errors import UserError
 
 STACKS = {"local_encoder": "local_encoder", "global_decoder": "model", "local_decoder": "local_decoder"}
@@ -140,9 +141,9 @@ def to_params(src: Source, m, link=None, n_adapters: int = 0) -> dict:
         out[ours] = stack
     if link is not None:
         out["mask_embed"] = src.get("masked_embedding", (1, 1, E)).reshape(E)
-        if link.kind == "fa_self" and link.change_pe:
+        if KIND_CLASSES[link.kind].model_overrides(link)["segment_embedding"]:  # FA_self's segment table
             out["segment_embed"] = src.get("sentence_embedding", (2, E // m.heads))
-        if link.kind == "fa_cross":
+        if n_adapters:  # FA_cross's adapters
             out["adapters"] = {i: _adapter(src, f"yinyang_attn.{i}", E, link.adapter_width, link.adapter_heads)
                                for i in range(n_adapters)}
     src.check_all_used()

@@ -232,7 +232,8 @@ def test_scale_reaches_the_sampler_and_needs_fa_cross(runs, tmp_path, monkeypatc
     _write_chords(tmp_path / "song.mid")
     model, cfg, task = generate.load_run(str(runs["chord_to_melody"]), "chord_to_melody")
     cross = copy.deepcopy(cfg)
-    cross.link.kind = "fa_cross"  # only the kind check reads it; the sampler is replaced below
+    cross.link.kind = "fa_cross"
+    monkeypatch.setattr(type(model), "accepts_scale", True)  # as an FA_cross model; the sampler is replaced below
     seen = []
 
     def fake(model, reference, rng, **kw):

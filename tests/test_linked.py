@@ -11,6 +11,7 @@ from scipy.special import erf
 from m4m_fixtures import random_frames
 from m4mjax import adapters as ad
 from m4mjax import linked
+from m4mjax import link_models
 from m4mjax.layers import AdapterParam, LoRAParam
 from m4mjax.model import M4MTransformer, model_config
 
@@ -142,7 +143,7 @@ def _np_softmax(s):
 
 def test_cross_term_enters_before_the_layernorm():
     """Hand-computed block 0 of the target pass with a nonzero gate: LN(x + Attn(x) + g*CrossAttn(x, ref)) ..."""
-    m = linked.LinkedModel(tiny_cfg(dropout=0.0), tiny_link("fa_cross"), rngs=nnx.Rngs(1))
+    m = linked.make(tiny_cfg(dropout=0.0), tiny_link("fa_cross"), rngs=nnx.Rngs(1))
     randomize(m, AdapterParam, 5)
     ref, tgt = tokens(1, F1), tokens(2, F2)
     # one jitted program: the two streams' inputs to layer 0 and the target pass's input to layer 1
@@ -199,7 +200,7 @@ def _spied_forwards(m, ref, tgt, seen_kv, seen_q):
 def test_adapters_read_each_layers_inputs(monkeypatch):
     """Spy on the adapters: keys/values come from the reference's input to layer 0, 2, queries from the
     target's input to the same layer (an independent LM forward of each stream), at absolute frame indices."""
-    m = linked.LinkedModel(tiny_cfg(layers=4), tiny_link("fa_cross", ref_stride=2, target_stride=3),
+    m = linked.make(tiny_cfg(layers=4), tiny_link("fa_cross", ref_stride=2, target_stride=3),
                            rngs=nnx.Rngs(1))
     randomize(m, LoRAParam, 6)  # LoRA on: the LM forwards below must include it too (gates stay 0)
     seen_kv, seen_q = [], []
@@ -221,7 +222,7 @@ def test_adapters_read_each_layers_inputs(monkeypatch):
 def test_adapter_norm_hands_the_adapters_layernormed_states(monkeypatch):
     """link.adapter_norm: the adapters read each layer's input LayerNorm'd (no parameters), both streams; so
     scaling a residual stream's state would not change what they see."""
-    m = linked.LinkedModel(tiny_cfg(layers=2), tiny_link("fa_cross", adapter_norm=True), rngs=nnx.Rngs(1))
+    m = linked.make(tiny_cfg(layers=2), tiny_link("fa_cross", adapter_norm=True), rngs=nnx.Rngs(1))
     seen_kv, seen_q = [], []
     orig_kv, orig_call = ad.CrossAdapter.project_kv, ad.CrossAdapter.__call__
     monkeypatch.setattr(ad.CrossAdapter, "project_kv", lambda s, h, i: (seen_kv.append(h), orig_kv(s, h, i))[1])
@@ -239,7 +240,7 @@ def test_cross_hook_under_remat():
     """With remat the adapters still see Python layer indices and give the same logits."""
     out = []
     for remat in (False, True):
-        m = linked.LinkedModel(tiny_cfg(remat=remat), tiny_link("fa_cross"), rngs=nnx.Rngs(1))
+        m = linked.make(tiny_cfg(remat=remat), tiny_link("fa_cross"), rngs=nnx.Rngs(1))
         randomize(m, AdapterParam, 12)
         out.append(link_logits(m, tokens(1, F1), tokens(2, F2)))
     np.testing.assert_allclose(out[0], out[1], atol=1e-5)
@@ -249,7 +250,7 @@ def test_cross_hook_under_remat():
 def test_lora_is_a_delta_on_query_and_value_only():
     """Merging scale * A @ B into the query and value weights of a plain LM reproduces the LoRA'd model in
     every stack (scope 'all'); a LoRA that touched key, output or FFN weights could not match."""
-    m = linked.LinkedModel(tiny_cfg(dropout=0.0), tiny_link("fa_self", lora_dropout=0.0), rngs=nnx.Rngs(1))
+    m = linked.make(tiny_cfg(dropout=0.0), tiny_link("fa_self", lora_dropout=0.0), rngs=nnx.Rngs(1))
     randomize(m, LoRAParam, 7)
     plain = M4MTransformer(tiny_cfg(dropout=0.0), rngs=nnx.Rngs(0))
     lm_into(m, plain)  # same base weights in both
@@ -270,14 +271,14 @@ def test_lora_is_a_delta_on_query_and_value_only():
 # --- cached decoding ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["fa_self", "fa_cross", "seq2seq"])
 def test_cached_steps_equal_the_full_forward(kind):
-    m = linked.LinkedModel(tiny_cfg(layers=4 if kind == "fa_cross" else 2), tiny_link(kind), rngs=nnx.Rngs(1))
+    m = linked.make(tiny_cfg(layers=4 if kind == "fa_cross" else 2), tiny_link(kind), rngs=nnx.Rngs(1))
     randomize(m, LoRAParam, 8)
     randomize(m, AdapterParam, 9)  # gates, segment rows nonzero
     ref, tgt = tokens(1, F1), tokens(2, F2)
     g_full, tok_emb, logits_full = nnx.jit(
         lambda m, r, t: (lambda g, e, _: (g, e, m.local_decode(g, e)))(*m.link_forward(r, t)))(m, ref, tgt)
-    enc = nnx.jit(lambda m, r, p: linked.encode_reference(m, r, F2 - p.shape[1], p))  # same cache size
-    step = nnx.jit(lambda m, s, f: linked.target_step(m, s, f))
+    enc = nnx.jit(lambda m, r, p: m.start(r, F2 - p.shape[1], p))  # same cache size
+    step = nnx.jit(lambda m, s, f: m.step(s, f))
     dec = nnx.jit(lambda m, g, e: m.local_decode(g[:, None], e[:, None])[:, 0])
     for f0 in (0, 2):  # no target prompt / a 2-frame target prompt
         state = enc(m, ref, tgt[:, :f0])
@@ -289,7 +290,7 @@ def test_cached_steps_equal_the_full_forward(kind):
 
 def test_greedy_generate_follows_the_teacher_forced_argmax():
     # 4 layers (two adapters): the model shape of test_adapter_scale_zero..., so both use one compiled sampler
-    m = linked.LinkedModel(tiny_cfg(layers=4), tiny_link("fa_cross"), rngs=nnx.Rngs(1))
+    m = linked.make(tiny_cfg(layers=4), tiny_link("fa_cross"), rngs=nnx.Rngs(1))
     randomize(m, AdapterParam, 10)
     ref = tokens(1, F1)
     out = np.asarray(linked.generate(m, ref, jax.random.key(0), n_frames=4, temperature=0.0, scale=0.5))
@@ -309,7 +310,7 @@ def test_greedy_generate_follows_the_teacher_forced_argmax():
 def test_adapter_scale_zero_makes_the_reference_irrelevant():
     """The sampler's adapter-output multiplier (generate --scale): at 0 the target pass is the LoRA'd LM alone,
     so two different references give the same greedy frames; at 1 the (random, nonzero) adapters make them differ."""
-    m = linked.LinkedModel(tiny_cfg(layers=4), tiny_link("fa_cross"), rngs=nnx.Rngs(3))
+    m = linked.make(tiny_cfg(layers=4), tiny_link("fa_cross"), rngs=nnx.Rngs(3))
     randomize(m, AdapterParam, 11, std=1.0)
     ref_a, ref_b = tokens(1, F1), tokens(7, F1)
     gen = lambda ref, scale: np.asarray(linked.generate(m, ref, jax.random.key(0), n_frames=4, temperature=0.0,
@@ -360,12 +361,12 @@ def test_seq2seq_encoder_is_bidirectional_and_its_cross_attention_is_on_at_init(
     fr = jax.random.normal(jax.random.key(0), (B, F1, 32))
     fr2 = fr.at[:, F1 // 2].add(1.0)  # change one middle reference frame
     for kind in ("seq2seq", "fa_cross"):
-        m = linked.LinkedModel(tiny_cfg(layers=4, dropout=0.0), tiny_link(kind), rngs=nnx.Rngs(1))
+        m = linked.make(tiny_cfg(layers=4, dropout=0.0), tiny_link(kind), rngs=nnx.Rngs(1))
         randomize(m, AdapterParam, 4)
         diff = np.abs(np.asarray(kv(m, fr)[-1][0] - kv(m, fr2)[-1][0])).max(axis=(0, 2, 3))  # per key position
         assert diff[-1] > 1e-4, kind  # the change reaches later keys either way
         assert (diff[0] > 1e-4) == (kind == "seq2seq"), (kind, diff)  # and earlier ones only bidirectionally
-    m = linked.LinkedModel(tiny_cfg(dropout=0.0), tiny_link("seq2seq"), rngs=nnx.Rngs(2))
+    m = linked.make(tiny_cfg(dropout=0.0), tiny_link("seq2seq"), rngs=nnx.Rngs(2))
     assert float(m.adapters[0].gate[...][0]) == 1.0
     tgt = tokens(2, F2)
     assert np.abs(np.asarray(link_logits(m, tokens(1, F1), tgt) - link_logits(m, tokens(5, F1), tgt))).max() > 1e-3
@@ -438,7 +439,7 @@ def test_masked_reference_is_invisible():
     (in training, i.e. with a key); without a key nothing is masked."""
     lk = tiny_link("fa_cross", mask_stream="reference", mask_prob=1.0, mask_length=F1, lora_dropout=0.0,
                    adapter_dropout=0.0)
-    m = linked.LinkedModel(tiny_cfg(dropout=0.0), lk, rngs=nnx.Rngs(1))
+    m = linked.make(tiny_cfg(dropout=0.0), lk, rngs=nnx.Rngs(1))
     randomize(m, AdapterParam, 11)
     tgt, key = tokens(2, F2), jax.random.key(3)
     f = nnx.jit(lambda m, r, t, k: m.link_logits(r, t, key=k))
@@ -451,7 +452,7 @@ def test_target_mask_hides_the_label_past_as_training_masking_does():
     label frames before it (only the music and the mask embedding reach the global pass), and it equals what a
     training pass whose span mask covers the whole target computes (dropout off); without the mask it depends."""
     lk = tiny_link("fa_self", mask_prob=1.0, mask_length=F2, lora_dropout=0.0)
-    m = linked.LinkedModel(tiny_cfg(dropout=0.0), lk, rngs=nnx.Rngs(1))
+    m = linked.make(tiny_cfg(dropout=0.0), lk, rngs=nnx.Rngs(1))
     randomize(m, LoRAParam, 12)
     ref, t1, t2 = tokens(1, F1), tokens(2, F2), tokens(5, F2)
     t2 = np.asarray(t2).copy()
@@ -479,14 +480,14 @@ def test_sounding_pitches_by_hand():
     want[0, 0:4, 60] = True
     want[0, 2, 64] = True
     want[0, 3:6, 67] = True
-    np.testing.assert_array_equal(linked.sounding_pitches(jnp.asarray(rows)), want)
+    np.testing.assert_array_equal(link_models.sounding_pitches(jnp.asarray(rows)), want)
 
 
 def test_reference_sounding_is_identity_at_init_and_then_reads_the_sounding_pitches():
     """The switch adds a zero-initialised link variable: at init the logits equal the model without it (same
     seed), once it is non-zero they change with the reference's sounding pitches; it is trained with the link."""
-    off = linked.LinkedModel(tiny_cfg(dropout=0.0), tiny_link("fa_self"), rngs=nnx.Rngs(1))
-    on = linked.LinkedModel(tiny_cfg(dropout=0.0), tiny_link("fa_self", reference_sounding=True), rngs=nnx.Rngs(1))
+    off = linked.make(tiny_cfg(dropout=0.0), tiny_link("fa_self"), rngs=nnx.Rngs(1))
+    on = linked.make(tiny_cfg(dropout=0.0), tiny_link("fa_self", reference_sounding=True), rngs=nnx.Rngs(1))
     ref, tgt = tokens(1, F1), tokens(2, F2)
     nnx.update(on, nnx.state(off, nnx.Param))  # every shared variable equal; sounding_embed stays zero
     np.testing.assert_allclose(link_logits(on, ref, tgt), link_logits(off, ref, tgt), atol=1e-6)
@@ -503,8 +504,8 @@ def test_target_sounding_adds_the_music_under_the_predicted_frame(kind):
     from unittest import mock
 
     lk = tiny_link(kind, target_sounding=True, lora_dropout=0.0)
-    m = linked.LinkedModel(tiny_cfg(dropout=0.0), lk, rngs=nnx.Rngs(1))
-    off = linked.LinkedModel(tiny_cfg(dropout=0.0), tiny_link(kind, lora_dropout=0.0), rngs=nnx.Rngs(1))
+    m = linked.make(tiny_cfg(dropout=0.0), lk, rngs=nnx.Rngs(1))
+    off = linked.make(tiny_cfg(dropout=0.0), tiny_link(kind, lora_dropout=0.0), rngs=nnx.Rngs(1))
     nnx.update(m, nnx.state(off, nnx.Param))
     tgt = tokens(2, F2)
     ref = np.full((B, F1, L), 3329, np.int32)
@@ -533,10 +534,26 @@ def test_target_sounding_adds_the_music_under_the_predicted_frame(kind):
     np.testing.assert_allclose(h_on - h_off, want, atol=1e-5)
     randomize(m, AdapterParam, 9)
     g_full, _, _ = nnx.jit(lambda m, r, t: m.link_forward(r, t))(m, ref, tgt)
-    enc = nnx.jit(lambda m, r, p: linked.encode_reference(m, r, F2 - p.shape[1], p))
-    step = nnx.jit(lambda m, s, f: linked.target_step(m, s, f))
+    enc = nnx.jit(lambda m, r, p: m.start(r, F2 - p.shape[1], p))
+    step = nnx.jit(lambda m, s, f: m.step(s, f))
     for f0 in (0, 2):
         state = enc(m, ref, tgt[:, :f0])
         for t in range(f0, F2):
             np.testing.assert_allclose(state.g, g_full[:, t], atol=1e-4, err_msg=f"{kind} frame {t}")
             state = step(m, state, tgt[:, t])
+
+
+def test_each_kind_is_its_own_class_with_its_official_defaults():
+    """link.kind picks one class (no kind tests elsewhere); each class carries its official link defaults (spec §4:
+    LoRA 64/128 FA_self, 16/32 FA_cross; seq2seq from scratch, unmasked) and says whether --scale applies."""
+    want = {"fa_self": (link_models.FASelf, (64, 128.0, 0.25, "link"), False),
+            "fa_cross": (link_models.FACross, (16, 32.0, 0.25, "link"), True),
+            "seq2seq": (link_models.Seq2Seq, (0, 0.0, 0.0, "full"), True)}
+    for kind, (cls, defaults, scale) in want.items():
+        lk = linked.link_config(kind)
+        assert (lk.lora_rank, lk.lora_alpha, lk.mask_prob, lk.train) == defaults, kind
+        m = nnx.eval_shape(lambda: linked.make(tiny_cfg(), tiny_link(kind), rngs=nnx.Rngs(0)))
+        assert type(m) is cls and m.accepts_scale is scale, kind
+        assert hasattr(m, "adapters") == (kind != "fa_self") and hasattr(m, "encoder") == (kind == "seq2seq")
+        assert m.cfg.segment_embedding == (kind == "fa_self")
+    assert not linked.make(tiny_cfg(), tiny_link("fa_self", change_pe=False), rngs=nnx.Rngs(0)).cfg.segment_embedding

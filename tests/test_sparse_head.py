@@ -90,7 +90,7 @@ def test_lm_and_linked_losses_do_not_depend_on_head_capacity():
     out = {}
     for cap in (0.0, 0.4):
         lm = M4MTransformer(_tiny(head_capacity=cap), rngs=nnx.Rngs(0))
-        lk = linked.LinkedModel(_tiny(head_capacity=cap), link, rngs=nnx.Rngs(0))
+        lk = linked.make(_tiny(head_capacity=cap), link, rngs=nnx.Rngs(0))
         key = jax.random.key(3)  # a key: training path (class weights on)
         out[cap] = (_grads_and_loss(lm, lambda m: loss_fn(m, tok, key)),
                     _grads_and_loss(lk, lambda m: linked.loss_fn(m, {"reference": ref, "target": tok}, key)))

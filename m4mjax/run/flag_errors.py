@@ -12,7 +12,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from m4mjax.run.cli import UserError
+from m4mjax.run.errors import UserError
 
 
 def config_key_error(cfg: Any, key: str) -> str | None:
