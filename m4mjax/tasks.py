@@ -22,7 +22,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from m4mjax import model as lm
+from m4mjax import linked, model as lm
 
 Loss = Callable[[nnx.Module, dict, jax.Array | None], tuple[jax.Array, dict]]
 
@@ -54,8 +54,6 @@ def resolved(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     idempotent."""
     if "link" not in cfg:
         return cfg
-    from m4mjax import linked
-
     out = ml_collections.ConfigDict(cfg.to_dict())
     out.link = linked.resolve_link(cfg.link)
     if "target_frame_tokens" in out.data and not out.data.target_frame_tokens:
@@ -63,27 +61,9 @@ def resolved(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return out
 
 
-def _linked_build(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
-    from m4mjax import linked
-
-    return linked.build(cfg, rngs)
-
-
-def _linked_loss(model: nnx.Module, batch: dict, key: jax.Array | None) -> tuple[jax.Array, dict]:
-    from m4mjax import linked
-
-    return linked.loss_fn(model, batch, key)
-
-
-def _linked_trainable(cfg: ml_collections.ConfigDict) -> Any:
-    from m4mjax import linked
-
-    return linked.trainable(cfg)
-
-
 def linked_task(name: str, reference: str, target: str) -> Task:
     """A function-alignment task: linked model, loss on the target stream, trainable per ``link.train``."""
-    return Task(name, _linked_build, _linked_loss, streams=("reference", "target"), trainable=_linked_trainable,
+    return Task(name, linked.build, linked.loss_fn, streams=("reference", "target"), trainable=linked.trainable,
                 reference=reference, target=target)
 
 
