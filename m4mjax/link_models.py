@@ -167,6 +167,18 @@ class LinkedModel(M4MTransformer):
         frame norms 16 after 100 steps at lr 1e-3). Zero init keeps the identity at init."""
         return on.astype(w.dtype) @ w[...] * self.cfg.width ** 0.5
 
+    def _sos(self, like: jax.Array) -> jax.Array:
+        """The global SOS vector [B,1,E] for frames ``like`` [B,F,E]."""
+        return jnp.broadcast_to(self.global_sos[...].astype(like.dtype), (like.shape[0], 1, like.shape[-1]))
+
+    def _start_inputs(self, reference: jax.Array, prompt: jax.Array | None, mask_key: jax.Array | None):
+        """``start``'s common first part: (the prompt [B,F0,L], empty when None; the reference's frame embeddings;
+        the aligned sounding pitches, long enough for the prompt's inputs)."""
+        B, F1, L = reference.shape
+        prompt = jnp.zeros((B, 0, L), jnp.int32) if prompt is None else prompt
+        fr, _ = self.frame_embeddings(reference, "reference", mask_key=mask_key)
+        return prompt, fr, self.aligned_sounding(reference, max(F1, prompt.shape[1]) + 1)
+
     def _prompt_inputs(self, first: jax.Array, prompt: jax.Array, sound: jax.Array | None) -> jax.Array:
         """The global inputs predicting target frames 0..F0: ``first`` [B,1,E] then the prompt's frames, plus the
         aligned sounding pitches."""
@@ -217,9 +229,6 @@ class FASelf(LinkedModel):
         pos = jnp.concatenate([jnp.arange(f1), jnp.arange(f2)])
         return pos, (jnp.arange(f1 + f2) >= f1).astype(jnp.int32)
 
-    def _sos(self, like: jax.Array) -> jax.Array:
-        return jnp.broadcast_to(self.global_sos[...].astype(like.dtype), (like.shape[0], 1, like.shape[-1]))
-
     def link_forward(self, reference, target, *, key=None, scale=1.0, target_mask=None):
         B, F1, _ = reference.shape
         F2 = target.shape[1]
@@ -233,11 +242,9 @@ class FASelf(LinkedModel):
         return g[:, F1:], tok_emb, [x[:, F1:] for x in hiddens]
 
     def start(self, reference, n_frames, prompt=None, *, scale=1.0, mask_key=None):
-        B, F1, L = reference.shape
-        prompt = jnp.zeros((B, 0, L), jnp.int32) if prompt is None else prompt
+        B, F1, _ = reference.shape
+        prompt, fr, sound = self._start_inputs(reference, prompt, mask_key)
         F0 = prompt.shape[1]
-        fr, _ = self.frame_embeddings(reference, "reference", mask_key=mask_key)
-        sound = self.aligned_sounding(reference, max(F1, F0) + 1)
         head = self._prompt_inputs(fr[:, -1:], prompt, sound)  # the last reference frame predicts target frame 0
         cache = self.init_global_cache(B, F1 + F0 + n_frames + 1)
         pos, seg = self.self_positions(F1, F0 + 1)
@@ -318,16 +325,13 @@ class FACross(LinkedModel):
         return g, tok_emb, hiddens
 
     def start(self, reference, n_frames, prompt=None, *, scale=1.0, mask_key=None):
-        B, F1, L = reference.shape
-        prompt = jnp.zeros((B, 0, L), jnp.int32) if prompt is None else prompt
+        B = reference.shape[0]
+        prompt, fr, sound = self._start_inputs(reference, prompt, mask_key)
         F0 = prompt.shape[1]
-        fr, _ = self.frame_embeddings(reference, "reference", mask_key=mask_key)
-        sound = self.aligned_sounding(reference, max(F1, F0) + 1)
-        sos = jnp.broadcast_to(self.global_sos[...].astype(fr.dtype), (B, 1, fr.shape[-1]))
         kv = self.reference_kv(fr)
         cache = self.init_global_cache(B, F0 + n_frames + 1)
         cross = self.cross_fn(kv, jnp.arange(F0 + 1) * self.link.target_stride, scale)
-        g, _, cache = self.global_decode(self._prompt_inputs(sos, prompt, sound), cross=cross, cache=cache,
+        g, _, cache = self.global_decode(self._prompt_inputs(self._sos(fr), prompt, sound), cross=cross, cache=cache,
                                          cache_index=0)
         return LinkState(cache, g[:, -1], jnp.int32(F0), jnp.int32(0), kv, sound)
 
