@@ -123,3 +123,24 @@ def test_config_json_records_what_was_trained(prepared_dir, tmp_path):
                 ranks.add(node.shape[1])  # [q|v, rank, heads, head_dim]
         walk(params)
         assert ranks == {want[0]}
+
+
+def test_analysis_cpu_scratch_is_small_plus_its_listed_deviations():
+    """analysis.py:cpu_scratch = :small with exactly the CPU_SCRATCH keys changed (the recipe the session-13 probe
+    trained: width 128, 2 layers, from scratch, target_sounding, mask 0.5 x 16 frames, chord/open weights 3)."""
+    from experiments.m4m import analysis
+
+    small, cpu = analysis.get_config("small").to_dict(), analysis.get_config("cpu_scratch").to_dict()
+
+    def flat(d, pre=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{pre}{k}.") if isinstance(v, dict) else {f"{pre}{k}": v})
+        return out
+
+    a, b = flat(small), flat(cpu)
+    assert {k for k in a if a[k] != b[k]} == {k for k in analysis.CPU_SCRATCH if a[k] != analysis.CPU_SCRATCH[k]}
+    assert (b["model.width"], b["model.layers"], b["init_from"], b["link.train"]) == (128, 2, "", "full")
+    assert b["link.target_sounding"] is True and (b["link.mask_prob"], b["link.mask_length"]) == (0.5, 16)
+    assert (b["link.loss_weights.chord"], b["link.loss_weights.open"], b["optim.schedule"]) == (3.0, 3.0,
+                                                                                             "warmup_constant")
