@@ -160,3 +160,44 @@ def test_features_built_once_under_a_lock():
                                                      "n_frames": 3}))
     assert first["n_frames"] == 3 and records.FEATURES is records._features() is records._features()
     assert not records._FEATURES_LOCK.locked()
+
+
+def test_train_groups_select_the_training_mix_by_id_prefix():
+    """data.train_groups keeps the songs whose id starts with one of the prefixes (the chord data's groups: synth/,
+    auto/, romantext/); () keeps all; a prefix matching nothing, or a source without ids, is an error."""
+    from m4mjax.datasets.pipeline import group_mask
+
+    ids = ["synth/mma/0/00001", "auto/blupi/music000.mid", "romantext/bach/bwv1", "synth/mma/3/00420", "auto/x"]
+    assert group_mask(ids, 5, ()).tolist() == [True] * 5
+    assert group_mask(ids, 5, ("synth/",)).tolist() == [True, False, False, True, False]
+    assert group_mask(ids, 5, ("synth/", "auto/")).tolist() == [True, True, False, True, True]
+    with pytest.raises(ValueError, match="no training song"):
+        group_mask(ids, 5, ("mma/",))  # a prefix, not a substring
+    with pytest.raises(ValueError, match="no ids"):
+        group_mask(None, 5, ("synth/",))
+
+
+def test_train_groups_reach_the_training_windows(prepared):
+    """Only the selected songs' windows come out of the training iterator (the fixture's ids are a0/songNN.mid and
+    a1/songNN.mid)."""
+    from m4mjax.datasets import convert, pipeline
+
+    cfg = ml_collections.ConfigDict(dict(name="prepared", dir=str(prepared), frames=16, max_frame_tokens=9,
+                                         batch_size=4, train_groups=("a1/",), drop_short=True))
+    src = convert.ShardSource(str(prepared), "train")
+    wanted = {i for i, sid in enumerate(src.ids) if sid.startswith("a1/")}
+    assert wanted and len(wanted) < len(src.ids)
+    seen = set()
+    orig = convert.ShardSource.__getitem__
+
+    def spy(self, i):
+        seen.add(int(i))
+        return orig(self, i)
+
+    import unittest.mock as mock
+
+    with mock.patch.object(convert.ShardSource, "__getitem__", spy):
+        it = pipeline.make_dataset(cfg, "train", seed=0)
+        for _ in range(6):
+            next(it)
+    assert seen and seen <= wanted

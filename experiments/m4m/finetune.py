@@ -40,7 +40,8 @@ def config(variant: str, task_name: str, data_dir: str, section: str, *, small_s
     c.link.lora_rank, c.link.lora_alpha = 0, 0.0  # 0 = the kind's official value (64/128 fa_self, 16/32 fa_cross)
     task = get_task(task_name)
     c.data.update(name="prepared", dir=data_dir, reference=task.reference, target=task.target,
-                  drop_short=False, sampling="length")
+                  drop_short=False, sampling="length",
+                  train_groups=())  # the training mix: song-id prefixes to train on, e.g. ('synth/',); () = all
     c[section] = ml_collections.ConfigDict(section_defaults)
     if variant == "tiny":
         c.link.update(lora_rank=4, lora_alpha=8.0, adapter_width=16, adapter_heads=4, mask_length=3)

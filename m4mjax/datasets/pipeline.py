@@ -16,7 +16,7 @@ stores exact duplicate notes, 'longest' | 'keep': a prepared folder that records
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import grain
 import numpy as np
@@ -178,6 +178,22 @@ def eval_windows(cfg_data: Any, lengths: np.ndarray) -> np.ndarray:
     return np.array(starts, np.int64).reshape(-1, 2)
 
 
+def group_mask(ids: Sequence[str] | None, n: int, groups: tuple[str, ...]) -> np.ndarray:
+    """Bool [n]: the songs whose id starts with one of ``groups`` (``data.train_groups``, the training mix: e.g.
+    ``("synth/",)`` = the synthetic arrangements only, ``("synth/", "auto/")`` = + the auto-labelled corpus songs of
+    m4mjax.datasets.chords); every song when ``groups`` is empty. A ValueError when none matches or the source has
+    no ids."""
+    if not groups:
+        return np.ones(n, bool)
+    if ids is None:
+        raise ValueError(f"data.train_groups={list(groups)}: this dataset's songs have no ids to select by")
+    out = np.array([any(str(i).startswith(g) for g in groups) for i in ids], bool)
+    if not out.any():
+        raise ValueError(f"data.train_groups={list(groups)}: no training song's id starts with any of them "
+                         f"(ids look like {ids[0]!r})")
+    return out
+
+
 def make_dataset(cfg_data: Any, split: str, seed: int, *, shard_options: grain.sharding.ShardOptions | None = None,
                  train: bool | None = None, spread: int = 0) -> grain.DatasetIterator:
     """Iterator of dicts ``tokens: int32[B, F, L]`` (+ ``mask: bool[B]``) for this process; state is JSON-able.
@@ -194,6 +210,8 @@ def make_dataset(cfg_data: Any, split: str, seed: int, *, shard_options: grain.s
     if local_batch < 1 or int(cfg_data.batch_size) % options.shard_count:
         raise ValueError(f"data.batch_size={cfg_data.batch_size} must be a multiple of {options.shard_count} processes")
     keep = lengths >= frames if cfg_data.get("drop_short", True) else lengths > 0
+    if train:
+        keep &= group_mask(getattr(src, "ids", None), len(lengths), tuple(cfg_data.get("train_groups", ())))
     songs = np.nonzero(keep)[0]
     if len(songs) == 0:
         raise ValueError(f"{cfg_data.name} '{split}': no song has >= data.frames={frames} frames "
