@@ -130,8 +130,8 @@ def test_learnable_offset_is_trained_and_fixed_is_not():
         state = init_state(cfg, 1, jax.random.key(0), dec_offset=off)
         # gradient of the loss w.r.t. the offset
         params = jax.tree.map(lambda a: a[0], state.params)
-        g = jax.grad(lambda p: sps_loss(nnx.merge(state.graphdef, p), jnp.asarray(x[:2]) / 255.0, jnp.int32(0),
-                                        jax.random.key(1), cfg)[0])(params)
+        g = jax.jit(jax.grad(lambda p: sps_loss(nnx.merge(state.graphdef, p), jnp.asarray(x[:2]) / 255.0,
+                                                jnp.int32(0), jax.random.key(1), cfg)[0]))(params)  # one compile
         gnorm = float(jnp.abs(g["dec_offset"][...]).max())
         before = {k: np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(state.params)}
         state, _ = make_train_step(cfg)(state, jnp.asarray(x), jnp.int32(0), jax.random.key(2))
