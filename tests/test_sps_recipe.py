@@ -73,9 +73,17 @@ def test_ramp_weight_at_given_steps():
 Z = ("prior_z", "sym_z/translate", "sym_z/rotate_y", "srs/translate", "srs/rotate_y")
 
 
+_LOSS_FNS: dict = {}
+
+
 def _loss(cfg, params_from, it, x):
+    """sps_loss at iteration ``it``, jitted once per config (the iteration is an argument, not a constant)."""
     graphdef, params = nnx.split(params_from)
-    return jax.jit(lambda p: sps_loss(nnx.merge(graphdef, p), x, jnp.int32(it), jax.random.key(3), cfg))(params)
+    key = (id(cfg), graphdef)
+    if key not in _LOSS_FNS:
+        _LOSS_FNS[key] = (cfg, jax.jit(lambda p, i, xx: sps_loss(nnx.merge(graphdef, p), xx, i, jax.random.key(3),
+                                                                   cfg)))
+    return _LOSS_FNS[key][1](params, jnp.int32(it), x)
 
 
 def test_total_loss_uses_the_ramp():
