@@ -163,7 +163,7 @@ def test_fewer_basses_score_the_brute_force_restricted_to_the_likeliest_basses()
 @pytest.mark.parametrize("open_mode", ["joint", "greedy"])
 def test_scored_frame_writes_the_best_row_then_decodes_the_rest_greedily(open_mode):
     model = HandSetModel(3)
-    g = jnp.array([[float(x)] for x in range(40)])
+    g = jnp.array([[float(x)] for x in range(0, 40, 2)])
     frames = np.asarray(_scored_frame(model.table, g, open_mode, 12))
     opened = 0
     for b in range(g.shape[0]):
