@@ -43,12 +43,7 @@ CPU_SCRATCH = {"init_from": "", "link.train": "full", "model.width": 128, "model
 def get_config(variant: str = "small"):
     if variant == "cpu_scratch":
         c = get_config("small")
-        for key, value in CPU_SCRATCH.items():
-            *path, leaf = key.split(".")
-            node = c
-            for part in path:
-                node = node[part]
-            node[leaf] = value
+        c.update_from_flattened_dict(CPU_SCRATCH)
         return c
     finetune.check_variant(variant, f"analysis.py:{variant}")
     # analyze / evaluate settings: temperature 0 = greedy; context = frames of the previous window's labels given
