@@ -128,3 +128,21 @@ def test_analysis_cpu_scratch_is_small_plus_its_listed_deviations():
     assert b["link.target_sounding"] is True and (b["link.mask_prob"], b["link.mask_length"]) == (0.5, 16)
     assert (b["link.loss_weights.chord"], b["link.loss_weights.open"], b["optim.schedule"]) == (3.0, 3.0,
                                                                                              "warmup_constant")
+
+
+def test_analysis_cpu_rows_start_from_a_foundation_of_their_own_shape():
+    """analysis.py:cpu (FA_self, the link trained) and cpu_scratch differ only in the scratch row's two keys, and
+    lm_pretrain.py:cpu builds exactly the model they fine-tune (every model key equal but the analysis head's
+    sparsity, which holds no parameter), so --config.init_from=pretrained/lm_cpu loads."""
+    from experiments.m4m import analysis, lm_pretrain
+
+    fa, scratch = analysis.get_config("cpu").to_dict(), analysis.get_config("cpu_scratch").to_dict()
+    assert (fa["init_from"], fa["link"]["train"], fa["link"]["kind"]) == ("pretrained/lm_cpu", "link", "fa_self")
+    assert (scratch["init_from"], scratch["link"]["train"]) == ("", "full")
+    assert {k: v for k, v in fa.items() if k not in ("init_from", "link")} == \
+        {k: v for k, v in scratch.items() if k not in ("init_from", "link")}
+    assert {k: v for k, v in fa["link"].items() if k != "train"} == \
+        {k: v for k, v in scratch["link"].items() if k != "train"}
+    foundation = lm_pretrain.get_config("cpu").model.to_dict()
+    assert {k for k in foundation if foundation[k] != fa["model"][k]} == {"head_capacity"}
+    assert (foundation["width"], foundation["layers"], foundation["ffn"], foundation["norm"]) == (128, 2, 512, "pre")

@@ -18,9 +18,10 @@ FA_self or FA_cross.
   python -m m4mjax.analysis_eval --baselines --data_dir=data/analysis --out=workdirs/analysis_baselines.json
   python -m m4mjax.analyze --workdir=workdirs/analysis_fa_self song.mid --out=analysed/
 
-Variants: tiny (tests, seconds; init_from a lm_pretrain.py:tiny run), cpu_scratch (the CPU recipe that reads the
-music from scratch, CPU_SCRATCH below), small (this CPU: the model section is
-lm_pretrain.py:base's, init_from workdirs/lm_base, 4-bar windows, 17-slot target rows, sparse head), paper (official size 1, batch 8, lr 1e-4,
+Variants: tiny (tests, seconds; init_from a lm_pretrain.py:tiny run), cpu (the CPU recipe, CPU below: FA_self on
+the 2-layer lm_pretrain.py:cpu foundation; its rows by the switches below), cpu_scratch (its scratch row), small
+(this CPU: the model section is lm_pretrain.py:base's, init_from workdirs/lm_base, 4-bar windows, 17-slot target
+rows, sparse head), paper (official size 1, batch 8, lr 1e-4,
 60k steps, 384-frame windows; init_from the converted official foundation model).
 Switches: ``--config.link.kind=fa_self|fa_cross|seq2seq`` (LoRA rank/alpha follow the kind while left at 0),
 ``--config.link.train=link|full``; from scratch = ``link.train=full`` with an empty ``init_from``.
@@ -28,22 +29,25 @@ Switches: ``--config.link.kind=fa_self|fa_cross|seq2seq`` (LoRA rank/alpha follo
 from experiments.m4m import finetune
 
 
-# cpu_scratch (issue 23, session 13): the first recipe whose analyser reads the music on this CPU. Deviations from
-# :small, each measured in docs/RESULTS.md: from scratch, every parameter trained; a 2-layer, width-128 global stack
-# (the 6-layer :base shape had not learned the chord bass after ~1,700 steps); the reference's sounding pitches added
-# under each predicted frame (link.target_sounding); half the label past span-masked in 16-frame spans; chord and
-# "open a chord" tokens weighted 3x; a constant learning rate after 1 % warm-up (a run can be extended).
-CPU_SCRATCH = {"init_from": "", "link.train": "full", "model.width": 128, "model.layers": 2, "model.ffn": 512,
-               "link.lora_rank": 8, "link.lora_alpha": 16.0, "link.target_sounding": True, "link.mask_prob": 0.5,
-               "link.mask_length": 16, "link.loss_weights.chord": 3.0, "link.loss_weights.open": 3.0,
-               "optim.schedule": "warmup_constant", "optim.warmup_frac": 0.01, "train.steps": 4000,
-               "train.eval_every": 500, "train.ckpt_every": 100, "train.log_every": 20}
+# cpu (issue 23): the CPU recipe, whose scratch row (cpu_scratch, session 13) was the first analyser to read the
+# music on this CPU. Deviations from :small, each measured in docs/RESULTS.md: a 2-layer, width-128 global stack (the
+# 6-layer :base shape had not learned the chord bass after ~1,700 steps) whose foundation is lm_pretrain.py:cpu
+# (shipped as pretrained/lm_cpu); the reference's sounding pitches added under each predicted frame
+# (link.target_sounding); half the label past span-masked in 16-frame spans; chord and "open a chord" tokens
+# weighted 3x; LoRA 8/16; a constant learning rate after 1 % warm-up (a run can be extended). Its rows are
+# finetune.ROWS (`--config.link.kind=fa_cross`, `--config.link.train=full`, ...); cpu_scratch = its scratch row.
+CPU = {"init_from": "pretrained/lm_cpu", "model.width": 128, "model.layers": 2, "model.ffn": 512,
+       "link.lora_rank": 8, "link.lora_alpha": 16.0, "link.target_sounding": True, "link.mask_prob": 0.5,
+       "link.mask_length": 16, "link.loss_weights.chord": 3.0, "link.loss_weights.open": 3.0,
+       "optim.schedule": "warmup_constant", "optim.warmup_frac": 0.01, "train.steps": 4000,
+       "train.eval_every": 500, "train.ckpt_every": 100, "train.log_every": 20}
+CPU_SCRATCH = {**CPU, **finetune.ROWS["scratch"]}
 
 
 def get_config(variant: str = "small"):
-    if variant == "cpu_scratch":
+    if variant in ("cpu", "cpu_scratch"):
         c = get_config("small")
-        c.update_from_flattened_dict(CPU_SCRATCH)
+        c.update_from_flattened_dict(CPU if variant == "cpu" else CPU_SCRATCH)
         return c
     finetune.check_variant(variant, f"analysis.py:{variant}")
     # analyze / evaluate settings: temperature 0 = greedy; context = frames of the previous window's labels given

@@ -6,6 +6,7 @@
 
 Variants: tiny (tests, seconds), demo (`make demo`, ~8 min), small (this CPU, < 30 min), base (the
 foundation for the function-alignment tasks: full corpus, 16-bar windows, ~35 min here),
+cpu (analysis.py:cpu's 2-layer, width-128 foundation, extendable),
 paper (the official recipe, see OFFICIAL and DEVIATIONS: size 1, 111.8M params, batch 48 x 384 frames, torch
 OneCycle 1e-4 over 2M steps; `--dry_run` prints whether it fits `--device_memory`).
 Your own MIDI folder: `python -m m4mjax.prepare --midi_dir=DIR --out=data/mine` then
@@ -101,8 +102,20 @@ def get_config(variant: str = "small"):
         c.optim.lr = 1e-3
         c.optim.warmup_frac = 0.02
         c.train.update(steps=150, log_every=10, eval_every=75, eval_batches=16, ckpt_every=15)
+    elif variant == "cpu":
+        # The foundation of analysis.py:cpu's rows (issue 23): :base's corpus, layers (pre-LN, PAD-masked local
+        # encoder) and 25-token rows at cpu_scratch's size (width 128, 2 global layers, FFN 512), so FA_self /
+        # FA_cross / full fine-tuning start from it and compare with cpu_scratch at equal steps. 8 x 128 frames
+        # per step; a constant learning rate after 1 % warm-up, so the run can be extended across sessions.
+        m.update(norm="pre", local_pad_mask=True)
+        m.update(width=128, layers=2, heads=4, ffn=512, local_layers=1, local_heads=4, local_ffn=512,
+                 max_frame_tokens=25, dropout=0.0)
+        c.data.update(name="m4m_default/full", frames=128, batch_size=8, drop_short=False, sampling="length")
+        c.optim.update(lr=1e-3, schedule="warmup_constant", warmup_frac=0.01)
+        c.train.update(steps=2000, log_every=20, eval_every=500, eval_batches=16, ckpt_every=100)
     else:
-        raise UserError(f"unknown variant {variant!r} (tiny | demo | small | base | paper)", f"lm_pretrain.py:{variant}")
+        raise UserError(f"unknown variant {variant!r} (tiny | demo | small | base | cpu | paper)",
+                        f"lm_pretrain.py:{variant}")
     return c
 
 
