@@ -64,6 +64,19 @@ def sq_sum(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.sum((a - b) ** 2)
 
 
+Z_NORM_EPS = 1e-6  # added to the latent's batch variance (z_norm='batch_var') so a collapsed latent stays finite
+
+
+def z_sq_sum(a: jax.Array, b: jax.Array, z: jax.Array, mode: str) -> jax.Array:
+    """A z-space loss: summed squared error of ``a`` against ``b`` ([..., p]); with mode 'batch_var' each of the
+    p dims divided by the variance of the latent ``z`` [B, T, p] over batch and time (+ Z_NORM_EPS), so scaling
+    the latent and its predictions together leaves it unchanged."""
+    if mode == "none":
+        return sq_sum(a, b)
+    var = jnp.var(z.reshape(-1, z.shape[-1]), axis=0) + Z_NORM_EPS
+    return jnp.sum((a - b) ** 2 / var)
+
+
 def make_groups(cfg: SPSConfig) -> list[tuple[str, Group]]:
     """The augmentation paths of cfg: [] for K=0 or the beta-VAE baseline."""
     if cfg.K == 0 or not cfg.prior:
@@ -112,13 +125,13 @@ def sps_loss(model: SPSModel, x: jax.Array, iteration: jax.Array, key: jax.Array
     pred = model.prior.rollout(jnp.concatenate(inputs), jnp.concatenate(masks, axis=1))   # [rows, T-1, p]
 
     zhat = pred[:B]
-    terms["prior_z"] = cfg.w_prior_z * sq_sum(zhat, zp[:, 1:])
+    terms["prior_z"] = cfg.w_prior_z * z_sq_sum(zhat, zp[:, 1:], zp, cfg.z_norm)
     dec_in = [z, jnp.concatenate([zhat, rest], -1)]
     for i, (name, g) in enumerate(paths):
         zt = g.inverse(params[i], pred[B + i * K * B: B + (i + 1) * K * B]).reshape(K, B, T - 1, p)
-        terms[f"sym_z/{name}"] = cfg.w_sym_z / K * sq_sum(zt, zp[None, :, 1:])
+        terms[f"sym_z/{name}"] = cfg.w_sym_z / K * z_sq_sum(zt, zp[None, :, 1:], zp, cfg.z_norm)
         if cfg.w_srs:
-            terms[f"srs/{name}"] = cfg.w_srs / K * sq_sum(zt, zhat[None])
+            terms[f"srs/{name}"] = cfg.w_srs / K * z_sq_sum(zt, zhat[None], zp, cfg.z_norm)
         dec_in.append(jnp.concatenate([zt, jnp.broadcast_to(rest, (K,) + rest.shape)], -1))
 
     # one decoder call for self-recon, prior-recon and every symmetry path

@@ -59,6 +59,9 @@ class SPSConfig:
                                         # 'learnable'; set to logit(mean training frame) at init (step.mean_frame_logit)
     z_ramp_start: int = 0               # z-space losses (prior_z, sym_z, srs) x 0 before this iteration, linear to
     z_ramp_end: int = 0                 # x 1 at z_ramp_end (0, 0 = off: the paper's constant weights)
+    z_norm: str = "none"                # z-space losses: 'none' (paper: summed squared error) | 'batch_var' (each
+                                        # prior dim's error / that dim's variance of the encoder latent over the
+                                        # batch and time, gradient through both: shrinking the latent buys nothing)
     batch_size: int = 20
     learning_rate: float = 1e-3
 
@@ -94,6 +97,7 @@ class SPSConfig:
             (len(self.ball_channels) == 3 and min(self.ball_channels) >= 1, f"ball_channels must be 3 widths >= 1, got {self.ball_channels}"),
             (self.image_size % 8 == 0, f"image_size must be a multiple of 8, got {self.image_size}"),
             (self.dec_offset in ("none", "fixed", "learnable"), f"dec_offset must be 'none', 'fixed' or 'learnable', got {self.dec_offset!r}"),
+            (self.z_norm in ("none", "batch_var"), f"z_norm must be 'none' or 'batch_var', got {self.z_norm!r}"),
             (0 <= self.z_ramp_start <= self.z_ramp_end, f"need 0 <= z_ramp_start ({self.z_ramp_start}) <= z_ramp_end ({self.z_ramp_end})"),
         ]
         for ok, msg in checks:

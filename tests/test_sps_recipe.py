@@ -191,3 +191,35 @@ def test_train_initialises_the_offset_from_the_training_set(tmp_path):
     assert [r["step"] for r in rows] == [2, 3]
     assert rows[-1]["mu_std"].shape == (2, 3) and rows[-1]["per_axis"].shape == (2, 3)
     assert rows[-1]["z_ramp"] == 0.5   # logged at step 3 = iteration 2, halfway from 1 to 3
+
+
+def test_z_norm_divides_each_dim_by_the_latent_batch_variance():
+    """z_norm='batch_var' (issue 22 deliverable 2): hand numbers. Latent dim 0 over (batch, time) = 0, 2, 0, 2
+    (variance 1), dim 1 = 0, 0, 0, 4 (mean 1, variance (1 + 1 + 1 + 9) / 4 = 3); errors 1 and 3 -> 1/1 + 9/3."""
+    from symmetry.losses import Z_NORM_EPS, z_sq_sum
+
+    z = jnp.array([[[0.0, 0.0], [2.0, 0.0]], [[0.0, 0.0], [2.0, 4.0]]])
+    a, b = jnp.array([[1.0, 3.0]]), jnp.zeros((1, 2))
+    want = 1.0 / (1.0 + Z_NORM_EPS) + 9.0 / (3.0 + Z_NORM_EPS)
+    assert float(z_sq_sum(a, b, z, "batch_var")) == pytest.approx(want, rel=1e-6)
+    assert float(z_sq_sum(a, b, z, "none")) == 10.0
+    # shrinking the latent and its predictions together buys nothing with batch_var, and c^2 with the paper's
+    loss_at = {m: (lambda c, m=m: z_sq_sum(c * a, c * b, c * z, m)) for m in ("none", "batch_var")}
+    assert float(jax.grad(loss_at["batch_var"])(1.0)) == pytest.approx(0.0, abs=1e-3)
+    assert float(jax.grad(loss_at["none"])(1.0)) == pytest.approx(20.0)
+    assert float(loss_at["batch_var"](0.1)) == pytest.approx(want, rel=1e-3)   # latent std 0.1: eps 1e-6 negligible
+
+
+def test_z_norm_changes_only_the_z_space_terms():
+    x = jax.random.uniform(jax.random.key(1), (2, 7, 8, 8, 1))
+    paper, norm = ball_config(**TINY), ball_config(z_norm="batch_var", **TINY)
+    m = numpy_model(paper)
+    _, tp = _loss(paper, m, 300, x)
+    _, tn = _loss(norm, m, 300, x)
+    for k in tp:
+        if k.startswith(("prior_z", "sym_z/", "srs/")):
+            assert np.isfinite(float(tn[k])) and float(tn[k]) != pytest.approx(float(tp[k]), rel=1e-3)
+        elif k != "loss":
+            assert float(tn[k]) == float(tp[k]), k
+    with pytest.raises(ValueError, match="z_norm"):
+        ball_config(z_norm="layer", **TINY)

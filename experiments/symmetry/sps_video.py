@@ -14,6 +14,8 @@ reduction (its probes: nothing learns, docs/RESULTS.md); :paper keeps every swit
   wrong_group/  T2, R2, T1R2, T3R2, T2R3 at K {1, 4} (+ one K = 0 point: no group acts), 2,048 trajectories
   batch_k/      (batch, K) in {(64,1), (32,2), (16,4), (8,8)} on 256 trajectories
   prior/        weak prior (z-pred weight 0.25, prior image-recon 0.125) and no prior loss, K = 4
+Switches to measure against :cpu_recipe (off in every variant): --config.model.z_norm=batch_var (the z-space losses
+divided per dim by the latent's batch variance, so shrinking the latent buys nothing; symmetry/losses.z_sq_sum).
 """
 from m4mjax.run.cli import UserError
 from symmetry.config import GROUPS, defaults
