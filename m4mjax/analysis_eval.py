@@ -4,6 +4,7 @@ the same songs with the same scorer (m4mjax.chord_eval).
     python -m m4mjax.evaluate --workdir=W        # an analysis run -> W/eval.json (dispatches here)
     python -m m4mjax.analysis_eval --baselines --data_dir=data/analysis --out=baselines.json [--max_songs=N]
     python -m m4mjax.analysis_eval --workdir=W [--sets=synth_test,romantext] [--decode=official] [--out_name=F]
+                                   [--step=N]
 
 The sets, the protocol and the scores: ``m4mjax.analysis_scores``.
 """
@@ -23,6 +24,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.add_argument("--decode", default=None, help="scored (default) | greedy | sample | official (16-frame "
                         "true-label prompt, temperature 1, mean of 8 samples)")
         ap.add_argument("--out_name", default="eval.json", help="--workdir: file written inside the run directory")
+        ap.add_argument("--step", type=int, default=None, help="--workdir: that checkpoint's weights (default: the "
+                        "latest; train.ckpt_keep_every keeps every N-th step)")
 
     def check(args):
         args.sets = [s for s in args.sets.split(",") if s]
@@ -34,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
         "m4mjax.analysis_eval", __doc__.split("\n")[0], argv, add_arguments=add_arguments, check=check,
         baselines=lambda a: scores.baselines(a.data_dir or "data/analysis", a.sets, a.max_songs),
         evaluate=lambda a: scores.evaluate(a.workdir, sets=a.sets, data_dir=a.data_dir or None,
-                                           max_songs=a.max_songs, decode=a.decode, out_name=a.out_name),
+                                           max_songs=a.max_songs, decode=a.decode, out_name=a.out_name,
+                                           step=a.step),
         nothing_to_do="nothing to do: give --baselines or --workdir",
         helps={"workdir": "an analysis run to evaluate (as m4mjax.evaluate)",
                "baselines": "score the template matchers and chorder",

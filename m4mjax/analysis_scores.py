@@ -82,21 +82,21 @@ def summarize(scores: Sequence[dict[str, Any]], recs: Sequence[dict[str, Any]]) 
 
 def evaluate(workdir: str, cfg: Any = None, max_batches: int = 0, sets: Sequence[str] = tuple(SETS),
              data_dir: str | None = None, max_songs: int = 0, decode: str | None = None,
-             out_name: str = "eval.json") -> dict[str, Any]:
+             out_name: str = "eval.json", step: int | None = None) -> dict[str, Any]:
     """Analyse every held-out song of ``sets`` with the run ``workdir``; writes and returns W/<out_name>.
     ``max_songs`` (or ``max_batches`` batches of songs) > 0: that many songs per set, evenly spaced. ``decode``:
     'scored' | 'greedy' | 'sample' (default: the run's ``analyze.decode``, else 'scored'), or 'official' (the
     official protocol: each song's first 16 frames of true labels as prompt, temperature 1, scores averaged over
-    8 samples)."""
+    8 samples). ``step``: that checkpoint's weights (default: the latest)."""
     from m4mjax.run import checkpoint, metrics
 
-    model, cfg = load_run(workdir, streams=TWO_STREAMS)
+    model, cfg = load_run(workdir, streams=TWO_STREAMS, step=step)
     opts = cfg.get("analyze", {})
     bs = int(opts.get("batch_size", 8))
     data_dir = data_dir or cfg.data.dir
     table = read_labels(data_dir)
     decode = str(opts.get("decode", "scored") if decode is None else decode)
-    out: dict[str, Any] = {"workdir": os.path.abspath(workdir), "step": checkpoint.latest_step(workdir),
+    out: dict[str, Any] = {"workdir": os.path.abspath(workdir), "step": checkpoint.latest_step(workdir) if step is None else step,
                            "task": "analysis", "data_dir": os.path.abspath(data_dir), "decode": decode, "sets": {}}
     for name in sets:
         songs = held_out_songs(data_dir, SETS[name], max_songs=max_songs or max_batches * bs, table=table)

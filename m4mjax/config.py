@@ -58,6 +58,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.train.eval_batches = 25           # batches per held-out evaluation (windows spread evenly over the split)
     c.train.ckpt_every = 1000           # checkpoint cadence (also on SIGTERM and at the end)
     c.train.ckpt_keep = 3               # checkpoints kept
+    c.train.ckpt_keep_every = 0         # also keep every step that is a multiple of this (0 = off)
     c.train.peak_flops = 0.0            # per-device peak FLOP/s for MFU; 0 = measured once per machine (cached), < 0 = n/a
 
     c.sample = ml_collections.ConfigDict()

@@ -18,9 +18,10 @@ LM_STREAMS = ("tokens",)  # the batch stream of a foundation LM
 TWO_STREAMS = ("reference", "target")  # the batch streams of a reference -> target (linked) task
 
 
-def load_run(workdir: str, *, task: str | None = None, streams: tuple[str, ...] | None = None
-             ) -> tuple[nnx.Module, Any]:
-    """(model, config) of a run directory or shipped model folder (config.json + the latest weights).
+def load_run(workdir: str, *, task: str | None = None, streams: tuple[str, ...] | None = None,
+             step: int | None = None) -> tuple[nnx.Module, Any]:
+    """(model, config) of a run directory or shipped model folder (config.json + the latest weights, or checkpoint
+    ``step``'s: a step not kept is a one-line UserError).
     ``task``: the run must have been trained for that task; ``streams``: its task must read those batch streams
     (``LM_STREAMS``, ``TWO_STREAMS``); otherwise a one-line UserError before any weight is read."""
     from m4mjax import tasks
@@ -36,5 +37,5 @@ def load_run(workdir: str, *, task: str | None = None, streams: tuple[str, ...] 
                 LM_STREAMS: "a foundation LM"}.get(tuple(streams), f"a task reading {tuple(streams)}")
         raise UserError(f"run of task {t.name!r} is not {what}", workdir)
     model = nnx.eval_shape(lambda: t.build(cfg, nnx.Rngs(0)))
-    nnx.update(model, checkpoint.restore_params(workdir, nnx.state(model, nnx.Param)))
+    nnx.update(model, checkpoint.restore_params(workdir, nnx.state(model, nnx.Param), step=step))
     return model, cfg

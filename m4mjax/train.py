@@ -42,7 +42,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -
         train_data = pipeline.make_dataset(cfg.data, "train", seed=cfg.seed)
         init = checkpoint.restore_params(cfg.init_from) if cfg.init_from else None
         cli.setup_workdir(workdir, cfg)
-        ckpt = checkpoint.Checkpointer(workdir, cfg.train.ckpt_every, cfg.train.ckpt_keep)
+        ckpt = checkpoint.Checkpointer(workdir, cfg.train.ckpt_every, cfg.train.ckpt_keep,
+                                       cfg.train.get("ckpt_keep_every", 0))
         trainable, frozen, rest = s.init_model()
         if init is not None:
             trainable, frozen = s.split_pure(steps_lib.merge_pure(s.params_pure(trainable, frozen), init))

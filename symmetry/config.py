@@ -41,6 +41,7 @@ def defaults(kind: str = "audio", **model_overrides) -> ml_collections.ConfigDic
     c.train.log_every = 100             # metrics.jsonl / progress cadence
     c.train.ckpt_every = 1000           # checkpoint cadence (also on SIGTERM and at the end)
     c.train.ckpt_keep = 2               # checkpoints kept
+    c.train.ckpt_keep_every = 0         # also keep every step that is a multiple of this (0 = off)
     c.eval = ml_collections.ConfigDict()
     if kind == "ball":
         c.train.steps = 80_001          # final ball baselines (Dans_exp_singlColor); the studies use 150,001

@@ -80,7 +80,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -
             print(json.dumps(info, indent=2))
             return info
         data = jax.device_put(train_x, step_lib.replicated(mesh))
-        ckpt = checkpoint.Checkpointer(workdir, cfg.train.ckpt_every, cfg.train.ckpt_keep)
+        ckpt = checkpoint.Checkpointer(workdir, cfg.train.ckpt_every, cfg.train.ckpt_keep,
+                                       cfg.train.get("ckpt_keep_every", 0))
         start = 0
         restored = ckpt.restore({"params": state.params, "opt": state.opt_state})  # onto their shardings
         if restored is not None:

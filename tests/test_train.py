@@ -92,6 +92,19 @@ def test_checkpoint_round_trip_onto_another_mesh(tmp_path):
         checkpoint.restore_params(str(tmp_path), {"w": jax.ShapeDtypeStruct((8, 4), jnp.float32)})
 
 
+def test_keep_every_keeps_every_nth_step_and_a_missing_step_names_those_kept(tmp_path):
+    """keep=2, keep_every=4 over steps 1..10: the latest two (9, 10) and the multiples of 4 (4, 8) stay; asking
+    restore_params for a step that was not kept is one line listing the kept steps."""
+    ck = checkpoint.Checkpointer(str(tmp_path), every=1, keep=2, keep_every=4)
+    for i in range(1, 11):
+        assert ck.save(i, {"params": {"w": jnp.full((2,), float(i))}})
+    ck.close()
+    assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == [4, 8, 9, 10]
+    np.testing.assert_array_equal(checkpoint.restore_params(str(tmp_path), step=4)["w"], [4.0, 4.0])
+    with pytest.raises(cli.UserError, match=r"no checkpoint at step 5 \(kept: 4, 8, 9, 10\)"):
+        checkpoint.restore_params(str(tmp_path), step=5)
+
+
 def _cmd(prepared, workdir, *extra):
     return [sys.executable, "-m", "m4mjax.train", "--config=experiments/m4m/lm_pretrain.py:tiny",
             f"--workdir={workdir}", "--config.data.name=prepared", f"--config.data.dir={prepared}",

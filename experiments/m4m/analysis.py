@@ -40,7 +40,8 @@ CPU = {"init_from": "pretrained/lm_cpu", "model.width": 128, "model.layers": 2, 
        "link.lora_rank": 8, "link.lora_alpha": 16.0, "link.target_sounding": True, "link.mask_prob": 0.5,
        "link.mask_length": 16, "link.loss_weights.chord": 3.0, "link.loss_weights.open": 3.0,
        "optim.schedule": "warmup_constant", "optim.warmup_frac": 0.01, "train.steps": 4000,
-       "train.eval_every": 500, "train.ckpt_every": 100, "train.log_every": 20}
+       "train.eval_every": 500, "train.ckpt_every": 100, "train.log_every": 20,
+       "train.ckpt_keep_every": 500}  # every 500th step kept: the learning curve is evaluated afterwards (--step)
 CPU_SCRATCH = {**CPU, **finetune.ROWS["scratch"]}
 
 

@@ -112,7 +112,7 @@ def get_config(variant: str = "small"):
                  max_frame_tokens=25, dropout=0.0)
         c.data.update(name="m4m_default/full", frames=128, batch_size=8, drop_short=False, sampling="length")
         c.optim.update(lr=1e-3, schedule="warmup_constant", warmup_frac=0.01)
-        c.train.update(steps=2000, log_every=20, eval_every=500, eval_batches=16, ckpt_every=100)
+        c.train.update(steps=2000, log_every=20, eval_every=500, eval_batches=16, ckpt_every=100, ckpt_keep_every=500)
     else:
         raise UserError(f"unknown variant {variant!r} (tiny | demo | small | base | cpu | paper)",
                         f"lm_pretrain.py:{variant}")

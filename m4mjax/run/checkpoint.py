@@ -118,15 +118,17 @@ def _fill(like: Any, restored: Any) -> Any:
 
 
 class Checkpointer:
-    """Periodic + on-preemption saves into ``workdir/checkpoints``; keeps the latest ``keep``."""
+    """Periodic + on-preemption saves into ``workdir/checkpoints``; keeps the latest ``keep``, and with
+    ``keep_every`` > 0 also every step that is a multiple of it (learning curves evaluated afterwards)."""
 
-    def __init__(self, workdir: str, every: int, keep: int = 3):
+    def __init__(self, workdir: str, every: int, keep: int = 3, keep_every: int = 0):
         self.every = int(every)
         self.workdir = os.path.abspath(workdir)
         self.directory = os.path.join(self.workdir, "checkpoints")
         self._mngr = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False))
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, keep_period=int(keep_every) or None, create=True,
+                                                 enable_async_checkpointing=False))
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _on_sigterm)
 
@@ -260,6 +262,9 @@ def restore_params(workdir: str, like: Any = None, step: int | None = None, item
     if found is None:
         raise UserError("no checkpoint in this run directory (has train saved one yet?)", workdir)
     path = os.path.join(directory, str(found), item)
+    if step is not None and not os.path.isdir(os.path.dirname(path)):
+        kept = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+        raise UserError(f"no checkpoint at step {step} (kept: {', '.join(map(str, kept)) or 'none'})", workdir)
     if not os.path.isdir(path):
         raise UserError(f"checkpoint step {found} has no {item!r}", os.path.dirname(path))
     handler = ocp.StandardCheckpointHandler()  # the item directly: no step-level metadata or warnings
