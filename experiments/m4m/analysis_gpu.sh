@@ -37,7 +37,7 @@ PY=${PY:-.venv/bin/python}; VARIANT_LM=${VARIANT_LM:-cpu}; VARIANT=${VARIANT:-cp
 ROWS=${ROWS:-fa_self fa_cross full scratch}; PARALLEL=${PARALLEL:-4}
 LM_STEPS=${LM_STEPS:-100000}; ROW_STEPS=${ROW_STEPS:-100000}; LM_ARGS=${LM_ARGS:-}; ROW_ARGS=${ROW_ARGS:-}
 DATA_LM=${DATA_LM:-}; DATA_ANALYSIS=${DATA_ANALYSIS:-}; DATA_TAR=${DATA_TAR:-.gpu_data/data.tar.gz}
-WHEELS=${WHEELS:-.whl}; SITE=${SITE:-/tmp/site}; CKPT_EVERY=${CKPT_EVERY:-1000}
+WHEELS=${WHEELS:-.whl}; SITE=${SITE:-/tmp/site}; CKPT_EVERY=${CKPT_EVERY:-500}  # = the cpu variants' train.ckpt_keep_every: those steps stay for --step
 if [ -z "${INIT_LM+x}" ]; then
   INIT_LM=""; [ -f "pretrained/lm_$VARIANT_LM/config.json" ] && INIT_LM="pretrained/lm_$VARIANT_LM"
 fi
