@@ -132,8 +132,8 @@ def test_analysis_cpu_scratch_is_small_plus_its_listed_deviations():
 
 def test_analysis_cpu_rows_start_from_a_foundation_of_their_own_shape():
     """analysis.py:cpu (FA_self, the link trained) and cpu_scratch differ only in the scratch row's two keys, and
-    lm_pretrain.py:cpu builds exactly the model they fine-tune (every model key equal but the analysis head's
-    sparsity, which holds no parameter), so --config.init_from=pretrained/lm_cpu loads."""
+    lm_pretrain.py:cpu builds exactly the model they fine-tune (every model key equal), so
+    --config.init_from=pretrained/lm_cpu loads."""
     from experiments.m4m import analysis, lm_pretrain
 
     fa, scratch = analysis.get_config("cpu").to_dict(), analysis.get_config("cpu_scratch").to_dict()
@@ -144,5 +144,5 @@ def test_analysis_cpu_rows_start_from_a_foundation_of_their_own_shape():
     assert {k: v for k, v in fa["link"].items() if k != "train"} == \
         {k: v for k, v in scratch["link"].items() if k != "train"}
     foundation = lm_pretrain.get_config("cpu").model.to_dict()
-    assert {k for k in foundation if foundation[k] != fa["model"][k]} == {"head_capacity"}
+    assert foundation == fa["model"]
     assert (foundation["width"], foundation["layers"], foundation["ffn"], foundation["norm"]) == (128, 2, 512, "pre")

@@ -105,12 +105,14 @@ def get_config(variant: str = "small"):
     elif variant == "cpu":
         # The foundation of analysis.py:cpu's rows (issue 23): :base's corpus, layers (pre-LN, PAD-masked local
         # encoder) and 25-token rows at cpu_scratch's size (width 128, 2 global layers, FFN 512), so FA_self /
-        # FA_cross / full fine-tuning start from it and compare with cpu_scratch at equal steps. 8 x 128 frames
-        # per step; a constant learning rate after 1 % warm-up, so the run can be extended across sessions.
+        # FA_cross / full fine-tuning start from it and compare with cpu_scratch at equal steps. 8 x 64 frames
+        # per step (the analysis windows' length), the vocabulary head on real token slots only (as analysis
+        # :small; 8 x 128 dense ran ~0.3 steps/s here); a constant learning rate after 1 % warm-up, so the run can
+        # be extended across sessions.
         m.update(norm="pre", local_pad_mask=True)
         m.update(width=128, layers=2, heads=4, ffn=512, local_layers=1, local_heads=4, local_ffn=512,
-                 max_frame_tokens=25, dropout=0.0)
-        c.data.update(name="m4m_default/full", frames=128, batch_size=8, drop_short=False, sampling="length")
+                 max_frame_tokens=25, dropout=0.0, head_capacity=0.3)
+        c.data.update(name="m4m_default/full", frames=64, batch_size=8, drop_short=False, sampling="length")
         c.optim.update(lr=1e-3, schedule="warmup_constant", warmup_frac=0.01)
         c.train.update(steps=2000, log_every=20, eval_every=500, eval_batches=16, ckpt_every=100, ckpt_keep_every=500)
     else:
