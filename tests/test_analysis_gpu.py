@@ -1,7 +1,8 @@
 """experiments/m4m/analysis_gpu.sh (issue 23 item 7), the one-command accelerator run, at :tiny on the CPU: the
 foundation trained and exported, the four analysis rows trained from it at equal steps, evaluated and exported,
 and OUTDIR holding one tar per model (a loadable shipped folder + eval.json) and summary.json, few and small enough
-to come back from the accelerator machine (at most 8 files of at most 16 MiB)."""
+to come back from the accelerator machine (at most 8 files of at most 16 MiB). That end-to-end run takes ~7 min
+on this 2-core CPU, so it is in the slow tier (`make test-slow`); `make test` checks the script's refusals."""
 from __future__ import annotations
 
 import json
@@ -55,7 +56,7 @@ def gpu_out(prepared_dir, analysis_dir, tmp_path_factory) -> pathlib.Path:  # no
     return out
 
 
-@pytest.mark.integration
+@pytest.mark.slow  # 431 s of make test idle (14 processes, each compiling): `make test-slow` runs it
 def test_outdir_holds_a_tar_per_model_and_a_summary_that_come_back(gpu_out):
     names = sorted(os.listdir(gpu_out))
     assert names == sorted(["lm_tiny.tar.gz", "run.log", "summary.json"] +
@@ -77,7 +78,7 @@ def _unpack(gpu_out: pathlib.Path, name: str, dest: pathlib.Path) -> pathlib.Pat
     return dest / name
 
 
-@pytest.mark.integration
+@pytest.mark.slow  # 431 s of make test idle (14 processes, each compiling): `make test-slow` runs it
 def test_every_model_is_a_loadable_shipped_folder_of_its_config(gpu_out, analysis_dir, tmp_path):  # noqa: F811
     from experiments.sweep import load_experiment
     from m4mjax import runs
@@ -115,3 +116,25 @@ def test_every_model_is_a_loadable_shipped_folder_of_its_config(gpu_out, analysi
         assert shared and len(shared) == len(lm)
         same = all(np.array_equal(params[k], lm[k]) for k in shared)
         assert same == (cfg.link.train == "link"), r
+
+
+@pytest.mark.parametrize("missing, says", [
+    ("analysis", "no {d}/labels.json (the chord data): carry .gpu_data"),
+    ("lm", "no data/tfds/m4m_default (the foundation's corpus): carry .gpu_data"),
+])
+def test_missing_data_is_one_line_before_anything_runs(missing, says, tmp_path, prepared_dir):
+    """Without its data (and no DATA_TAR to unpack) the script stops with one line naming what to carry, before it
+    imports JAX or trains anything: the accelerator's minutes are not spent on a run that cannot start."""
+    d = tmp_path / "no_chord_data"
+    env = dict(one_device_env(), PY=sys.executable, WD=str(tmp_path / "wd"), DATA_TAR=str(tmp_path / "none.tgz"),
+               DATA_ANALYSIS=str(d) if missing == "analysis" else str(REPO / "tests"),
+               **({"DATA_LM": str(prepared_dir)} if missing == "analysis" else {}))
+    env.pop("OUT", None)
+    if missing == "lm" and (REPO / "data/tfds/m4m_default/full/1.0.0/dataset_info.json").is_file():
+        pytest.skip("this checkout has the corpus; the refusal needs a machine without it")
+    r = subprocess.run(["bash", str(SCRIPT), "60", str(tmp_path / "out")], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [f"analysis_gpu: {says.format(d=d)} (scripts/gpu_data.sh) or "
+                                             f"data/{'analysis' if missing == 'analysis' else 'tfds/m4m_default'}"]
+    assert not (tmp_path / "wd" / "lm").exists()
