@@ -163,3 +163,26 @@ def linear_projection_mse(z: np.ndarray, positions: np.ndarray) -> dict[str, np.
     coef = np.linalg.pinv(x) @ y
     per_axis = np.mean((x @ coef - y) ** 2, axis=-2)
     return dict(per_axis=per_axis, mean=per_axis.mean(-1))
+
+
+def knn_mse(z: np.ndarray, positions: np.ndarray, k: int = 10) -> dict[str, np.ndarray]:
+    """Whether position is in the latent at all, linear or not (issue 22's probes): Y / std(Y) per column, each
+    row predicted by the mean Y of its k nearest other rows in z (z / std(z) per dim, Euclidean, leave-one-out),
+    per-axis MSE (1 + 1/k for a latent that holds nothing, 0 for one that determines position).
+
+    z [..., N, dz], positions [..., N, 3] -> dict(per_axis [..., 3], mean [...]) (lower is better).
+    """
+    z = np.asarray(z, np.float64)
+    y = np.asarray(positions, np.float64)
+    if z.shape[-2] != y.shape[-2] or z.shape[-2] <= k:
+        raise ValueError(f"knn_mse: z has {z.shape[-2]} rows, positions {y.shape[-2]}, k = {k}")
+    y = np.broadcast_to(y / y.std(axis=-2, keepdims=True), z.shape[:-1] + y.shape[-1:])
+    z = z / np.maximum(z.std(axis=-2, keepdims=True), 1e-12)
+    sq = np.sum(z * z, -1)
+    d2 = sq[..., :, None] + sq[..., None, :] - 2.0 * z @ np.swapaxes(z, -1, -2)
+    n = z.shape[-2]
+    d2[..., np.arange(n), np.arange(n)] = np.inf                        # leave one out
+    near = np.argpartition(d2, k, axis=-1)[..., :k]                      # [..., N, k]
+    pred = np.take_along_axis(y[..., None, :, :], near[..., None], axis=-2).mean(-2)  # [..., N, 3]
+    per_axis = np.mean((pred - y) ** 2, axis=-2)
+    return dict(per_axis=per_axis, mean=per_axis.mean(-1))

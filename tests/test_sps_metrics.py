@@ -68,3 +68,19 @@ def test_synthesis_r2_true_features():
 
     out = metrics.synthesis_r2(half_silent, 66.0, 4.0, power_input=False)
     assert out["n_unvoiced"] == 5 and out["r2"] > 0.95
+
+
+def test_knn_mse_by_hand_and_at_its_two_ends():
+    """k = 1 by hand: z = 0, 1, 3, 7 -> nearest other rows 1, 0, 1, 3 -> predictions 2, 0, 2, 4 of y = 0, 2, 4, 8:
+    squared errors 4, 4, 4, 16 (mean 7) over var(y) = 8.75 -> 0.8 on every axis. A latent equal to position (up
+    to scale) is near 0, one of noise near 1 + 1/k."""
+    z = np.array([[0.0], [1.0], [3.0], [7.0]])
+    y = np.repeat(np.array([[0.0], [2.0], [4.0], [8.0]]), 3, axis=1)
+    out = metrics.knn_mse(z, y, k=1)
+    np.testing.assert_allclose(out["per_axis"], [0.8, 0.8, 0.8])
+    rng = np.random.default_rng(0)
+    pos = rng.uniform(size=(2000, 3))
+    both = metrics.knn_mse(np.stack([5.0 * pos, rng.normal(size=(2000, 3))]), pos, k=10)  # [seed, N, dz]
+    assert both["mean"].shape == (2,)
+    assert both["mean"][0] < 0.05
+    assert abs(both["mean"][1] - 1.1) < 0.1

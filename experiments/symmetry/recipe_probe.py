@@ -4,7 +4,8 @@
 
 For every checkpoint step of the workdir and every seed, encodes the first n held-out trajectories (the run's
 eval split) and prints the std of mu over those frames per latent dim (a collapsed latent: ~0.01, issue 22) and the
-per-axis linear-projection MSE of symmetry.evaluate (spec §7.2: 1 = no position, 0 = an affine map of it), plus
+per-axis linear-projection MSE of symmetry.evaluate (spec §7.2: 1 = no position, 0 = an affine map of it), the
+per-axis 10-NN regression MSE (symmetry.metrics.knn_mse: is position in the latent at all, linear or not), plus
 the last logged z-loss ramp weight and p_tf at that step (metrics.jsonl).
 """
 from __future__ import annotations
@@ -41,10 +42,12 @@ def probe(workdir: str, sequences: int = 128) -> list[dict]:
         mu = np.asarray(encode(params, jnp.asarray(x)))                              # [S, N, T, d]
         S, d = mu.shape[0], mu.shape[-1]
         lp = metrics.linear_projection_mse(mu.reshape(S, -1, d), pos.reshape(-1, 3))
+        nn = metrics.knn_mse(mu.reshape(S, -1, d), pos.reshape(-1, 3), k=10)
         near = [s for s in logged if s <= step]
         row = logged[max(near)] if near else {}
         first = lambda v: v[0] if isinstance(v, list) else v  # noqa: E731  (the same for every seed)
         out.append({"step": step, "mu_std": mu.reshape(S, -1, d).std(1), "per_axis": lp["per_axis"], "mean": lp["mean"],
+                    "knn_per_axis": nn["per_axis"], "knn_mean": nn["mean"],
                     "z_ramp": first(row.get("train/z_ramp")), "p_tf": first(row.get("train/p_tf"))})
     return out
 
@@ -65,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         for s in range(len(r["mean"])):
             print(f"step {r['step']:5d} seed {s}: mu std {np.array2string(r['mu_std'][s], precision=3)}  "
-                  f"linear-projection MSE {r['mean'][s]:.3f} (x/y/z {np.array2string(r['per_axis'][s], precision=3)})"
+                  f"linear-projection MSE {r['mean'][s]:.3f} (x/y/z {np.array2string(r['per_axis'][s], precision=3)})  "
+                  f"10-NN MSE {r['knn_mean'][s]:.3f} (x/y/z {np.array2string(r['knn_per_axis'][s], precision=3)})"
                   f"  z_ramp {_fmt(r['z_ramp'])}  p_tf {_fmt(r['p_tf'])}")
 
 
