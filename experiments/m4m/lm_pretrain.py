@@ -107,8 +107,8 @@ def get_config(variant: str = "small"):
         # encoder) and 25-token rows at cpu_scratch's size (width 128, 2 global layers, FFN 512), so FA_self /
         # FA_cross / full fine-tuning start from it and compare with cpu_scratch at equal steps. 8 x 64 frames
         # per step (the analysis windows' length), the vocabulary head on real token slots only (as analysis
-        # :small; 8 x 128 dense ran ~0.3 steps/s here); a constant learning rate after 1 % warm-up, so the run can
-        # be extended across sessions.
+        # :small; 8 x 128 dense ran 0.09 steps/s beside an evaluation, 8 x 64 sparse ~0.85 alone); a constant
+        # learning rate after 1 % warm-up, so the run can be extended across sessions.
         m.update(norm="pre", local_pad_mask=True)
         m.update(width=128, layers=2, heads=4, ffn=512, local_layers=1, local_heads=4, local_ffn=512,
                  max_frame_tokens=25, dropout=0.0, head_capacity=0.3)
