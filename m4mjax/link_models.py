@@ -101,6 +101,9 @@ class LinkedModel(M4MTransformer):
         if link.get("target_sounding", False):
             self.target_sounding_embed = param(rngs, nnx.initializers.zeros, (N_SOUNDING, E), (None, "embed"), pdt,
                                                kind=AdapterParam)
+        if link.get("sounding_ahead", ()):
+            self.ahead_sounding_embed = param(rngs, nnx.initializers.zeros, (len(link.sounding_ahead), N_SOUNDING, E),
+                                              (None, None, "embed"), pdt, kind=AdapterParam)
         self.build_link(mcfg, rngs)
 
     # --- what a kind defines ---------------------------------------------------------------------------
@@ -152,15 +155,29 @@ class LinkedModel(M4MTransformer):
         return frames, tok_emb
 
     def aligned_sounding(self, reference: jax.Array, n: int) -> jax.Array | None:
-        """``link.target_sounding``: [B, n, E], row j = the projection of the reference's pitches sounding at frame
-        j (zero past its end), added to the global input that predicts target frame j; None when off."""
-        if not self.link.get("target_sounding", False):
+        """``link.target_sounding`` / ``link.sounding_ahead``: [B, n, E], row j = the projection of the reference's
+        pitches sounding at frame j, plus for each window length w of ``sounding_ahead`` the projection of the share
+        of frames j .. j+w-1 (those inside the window) in which each pitch sounds (zero past the reference's end);
+        None when both are off."""
+        ahead = tuple(self.link.get("sounding_ahead", ()) or ())
+        if not self.link.get("target_sounding", False) and not ahead:
             return None
         on = sounding_pitches(reference)
-        on = jnp.pad(on, ((0, 0), (0, max(n - on.shape[1], 0)), (0, 0)))[:, :n]
-        return self._project_sounding(on, self.target_sounding_embed).astype(self.dtype)
+        F = on.shape[1]
+        out = 0.0
+        if self.link.get("target_sounding", False):
+            out = self._project_sounding(on, self.target_sounding_embed)
+        if ahead:
+            c = jnp.pad(jnp.cumsum(on.astype(jnp.float32), axis=1), ((0, 0), (1, max(ahead)), (0, 0)), mode="edge")
+            c = c.at[:, 0].set(0.0)  # c[:, j] = frames sounding in 0 .. j-1, held at the total past the end
+            j = jnp.arange(F)
+            for k, w in enumerate(ahead):
+                share = (c[:, j + w] - c[:, j]) / jnp.minimum(w, F - j)[None, :, None].astype(jnp.float32)
+                out = out + self._project_sounding(share, self.ahead_sounding_embed[k])
+        out = jnp.pad(out, ((0, 0), (0, max(n - F, 0)), (0, 0)))[:, :n]
+        return out.astype(self.dtype)
 
-    def _project_sounding(self, on: jax.Array, w: nnx.Param) -> jax.Array:
+    def _project_sounding(self, on: jax.Array, w: jax.Array) -> jax.Array:
         """Sounding pitches [B, F, 128] through a (zero-initialised) projection w [128, E], times sqrt(width): the
         residual stream's elements are O(1) and Adam moves each weight by ~lr per step whatever its scale, so without
         the gain the projection stayed ~100x below the stream for hundreds of steps (measured: row norms 0.3 against

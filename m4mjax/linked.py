@@ -58,6 +58,10 @@ def link_config(kind: str = "fa_self") -> ml_collections.ConfigDict:
         # music under the frame being predicted, with no attention to learn first (a from-scratch CPU model does
         # not learn FA_self's alignment in 1,000 steps: docs/RESULTS.md, issue 23)
         target_sounding=False,
+        # deviation (off = ()): for each window length w (frames), add to the global input that predicts target
+        # frame j a zero-initialised projection of the share of reference frames j .. j+w-1 in which each pitch
+        # sounds: what a chord template reads over the coming beat / bar, with no attention to learn first
+        sounding_ahead=(),
     ))
     out.update(KIND_CLASSES[kind].official)  # the kind's own defaults (LoRA size; seq2seq: no masking, all trained)
     return out
@@ -81,9 +85,13 @@ def check_link(link: ml_collections.ConfigDict) -> None:
     checks = [("kind", link.kind in KINDS, f"one of {KINDS}"), ("train", link.train in ("link", "full"), "'link' or 'full'"),
               ("mask_stream", link.mask_stream in ("target", "reference"), "'target' or 'reference'"),
               ("mask_prob", 0.0 <= link.mask_prob <= 1.0, "in [0, 1]"), ("adapter_every", link.adapter_every >= 1, ">= 1")]
-    if link.get("target_sounding", False):
-        checks.append(("target_sounding", link.ref_stride == link.target_stride,
-                       "off when ref_stride != target_stride (it adds reference frame j to target frame j)"))
+    for name in ("target_sounding", "sounding_ahead"):
+        if link.get(name, False):
+            checks.append((name, link.ref_stride == link.target_stride,
+                           "off when ref_stride != target_stride (it adds reference frame j to target frame j)"))
+    if link.get("sounding_ahead", ()):
+        checks.append(("sounding_ahead", all(isinstance(w, int) and w >= 1 for w in link.sounding_ahead),
+                       "window lengths in frames, each >= 1"))
     for name, ok, want in checks:
         if not ok:
             raise UserError(f"must be {want}, got {link[name]!r}", f"config.link.{name}")

@@ -543,6 +543,70 @@ def test_target_sounding_adds_the_music_under_the_predicted_frame(kind):
             state = step(m, state, tgt[:, t])
 
 
+@pytest.mark.parametrize("kind", ["fa_self", "fa_cross"])
+def test_sounding_ahead_adds_the_share_of_the_coming_frames_in_which_each_pitch_sounds(kind):
+    """link.sounding_ahead=(2, 4): zero at init (logits equal the switch off); with its projections W2, W4 set, the
+    global input predicting target frame j gains, for each window w, W_w[p] times the share of reference frames
+    j .. j+w-1 that lie inside the window and in which pitch p sounds (counted here by hand); the cached sampler
+    computes the same as teacher forcing."""
+    from unittest import mock
+
+    lk = tiny_link(kind, sounding_ahead=(2, 4), lora_dropout=0.0)
+    m = linked.make(tiny_cfg(dropout=0.0), lk, rngs=nnx.Rngs(1))
+    off = linked.make(tiny_cfg(dropout=0.0), tiny_link(kind, lora_dropout=0.0), rngs=nnx.Rngs(1))
+    nnx.update(m, nnx.state(off, nnx.Param))
+    tgt = tokens(2, F2)
+    ref = np.full((B, F1, L), 3329, np.int32)
+    ref[:, :, 0] = 3328  # silent, but C4 (60) sounds at frames 2-3 and E4 (64) at the last frame (clipped)
+    ref[:, 2, :3] = [0, 60 + 128 * 2, 3328]
+    ref[:, F1 - 1, :3] = [0, 64 + 128 * 3, 3328]
+    ref = jnp.asarray(ref)
+    np.testing.assert_allclose(link_logits(m, ref, tgt), link_logits(off, ref, tgt), atol=1e-6)
+    W = np.asarray(jax.random.normal(jax.random.key(0), (2, 128, 32)))
+    m.ahead_sounding_embed[...] = W
+    seen = []
+    real = linked.LinkedModel.global_decode
+
+    def spy(self, h, *a, **kw):
+        seen.append(h)
+        return real(self, h, *a, **kw)
+
+    def target_pass_input(model, r, t):
+        model.link_forward(r, t)
+        return seen[-1]
+
+    with mock.patch.object(linked.LinkedModel, "global_decode", spy):
+        h_on, h_off = (np.asarray(nnx.jit(target_pass_input)(x, ref, tgt)) for x in (m, off))
+    sounding = {60: {2, 3}, 64: {F1 - 1}}
+    want = np.zeros_like(h_on)
+    first = F1 if kind == "fa_self" else 0
+    for j in range(min(F2, F1)):
+        for k, w in enumerate((2, 4)):
+            inside = [f for f in range(j, j + w) if f < F1]
+            for p, frames in sounding.items():
+                share = len(frames & set(inside)) / len(inside)
+                want[:, first + j] += share * W[k, p] * np.sqrt(32)
+    np.testing.assert_allclose(h_on - h_off, want, atol=1e-5)
+    randomize(m, AdapterParam, 9)
+    g_full, _, _ = nnx.jit(lambda m, r, t: m.link_forward(r, t))(m, ref, tgt)
+    enc = nnx.jit(lambda m, r, p: m.start(r, F2 - p.shape[1], p))
+    step = nnx.jit(lambda m, s, f: m.step(s, f))
+    for f0 in (0, 2):
+        state = enc(m, ref, tgt[:, :f0])
+        for t in range(f0, F2):
+            np.testing.assert_allclose(state.g, g_full[:, t], atol=1e-4, err_msg=f"{kind} frame {t}")
+            state = step(m, state, tgt[:, t])
+
+
+def test_sounding_ahead_rejects_bad_windows():
+    """A window length below 1 or not an int is a one-line UserError naming the key."""
+    from m4mjax.run.errors import UserError
+
+    for bad in ((0,), (2.5,)):
+        with pytest.raises(UserError, match="sounding_ahead"):
+            linked.check_link(tiny_link("fa_self", sounding_ahead=bad))
+
+
 def test_each_kind_is_its_own_class_with_its_official_defaults():
     """link.kind picks one class (no kind tests elsewhere); each class carries its official link defaults (spec §4:
     LoRA 64/128 FA_self, 16/32 FA_cross; seq2seq from scratch, unmasked) and says whether --scale applies."""
