@@ -44,6 +44,8 @@ def defaults() -> ml_collections.ConfigDict:
                                         # | 'warmup_constant' (linear warm-up over warmup_frac, then flat: extendable)
     c.optim.momentum_range = (0.85, 0.95)  # torch_onecycle: beta1 from max to min in warm-up and back (b1 unused)
     c.optim.warmup_frac = 0.005         # warm-up as a fraction of train.steps
+    c.optim.decay_steps = 0             # warmup_constant: the last this many of train.steps decay linearly to 0
+                                        # (warmup-stable-decay; 0 = flat to the end; extending a run re-warms)
     c.optim.weight_decay = 0.01         # AdamW decoupled weight decay
     c.optim.b1 = 0.9                    # Adam beta1
     c.optim.b2 = 0.999                  # Adam beta2

@@ -31,8 +31,13 @@ def make_optimizer(oc: ml_collections.ConfigDict, steps: int) -> optax.GradientT
         elif oc.schedule == "warmup_constant":  # linear warm-up, then flat: a run can be extended (train.steps
             # raised on resume) and keeps learning, as the official constant-rate fine-tuning
             warm = max(int(round(oc.warmup_frac * steps)), 1)
-            lr = optax.join_schedules([optax.linear_schedule(oc.lr / warm, oc.lr, warm - 1),
-                                       optax.constant_schedule(oc.lr)], [warm - 1])
+            decay = min(int(oc.get("decay_steps", 0)), steps - warm)  # the last steps cool down linearly to 0
+            parts, bounds = [optax.linear_schedule(oc.lr / warm, oc.lr, warm - 1), optax.constant_schedule(oc.lr)], \
+                [warm - 1]
+            if decay > 0:  # warmup-stable-decay: lr(t) = lr * (steps - t) / (decay + 1) over the last decay steps
+                parts.append(optax.linear_schedule(oc.lr * decay / (decay + 1), 0.0, decay))
+                bounds.append(steps - decay)
+            lr = optax.join_schedules(parts, bounds)
         else:
             lr = oc.lr
         tx = optax.adamw(lr, b1=oc.b1, b2=oc.b2, weight_decay=oc.weight_decay)

@@ -151,3 +151,24 @@ def test_warmup_constant_schedule_ramps_then_stays_flat_so_a_run_can_be_extended
         got.append(-float(u["w"][0]))
     np.testing.assert_allclose(got[:4], [0.25e-3, 0.5e-3, 0.75e-3, 1e-3], rtol=1e-4)
     np.testing.assert_allclose(got[4:], 1e-3, rtol=1e-4)
+
+
+def test_warmup_constant_with_decay_steps_cools_down_linearly_to_zero_at_the_last_step():
+    """optim.decay_steps=4 on 20 steps (warm-up 1): updates (as above, each -lr(t)) are the full rate through step
+    15, then 4/5, 3/5, 2/5, 1/5 of it on steps 16..19 and 0 from step 20 (train.steps) on."""
+    import jax.numpy as jnp
+    import ml_collections
+
+    from m4mjax import steps
+
+    oc = ml_collections.ConfigDict(dict(schedule="warmup_constant", lr=1e-3, warmup_frac=0.05, decay_steps=4, b1=0.9,
+                                        b2=0.999, weight_decay=0.0, grad_clip=0.0))
+    tx = steps.make_optimizer(oc, 20)
+    params = {"w": jnp.zeros(2)}
+    state = tx.init(params)
+    got = []
+    for _ in range(22):
+        u, state = tx.update({"w": jnp.ones(2)}, state, params)
+        got.append(-float(u["w"][0]))
+    want = [1e-3] * 16 + [0.8e-3, 0.6e-3, 0.4e-3, 0.2e-3, 0.0, 0.0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-9)
