@@ -165,3 +165,24 @@ def test_a_failed_reads_closed_loop_tracebacks_are_held_back_and_other_output_pa
     checkpoint._settle_failed_reads(0.5)
     t.join()
     assert capfd.readouterr().err == "a real message\n"
+
+
+def test_the_hold_lasts_until_the_failed_reads_threads_have_ended(capfd):
+    """On a loaded machine the read's executor threads (``asyncio_N``) printed their tracebacks after a fixed 1 s
+    hold had ended (a reader's one-line error had 11 lines under `make test` beside a training): the hold waits for
+    those threads, here one that writes 0.8 s after a 0.2 s hold would have ended."""
+    import threading
+    import time
+
+    from m4mjax.run import checkpoint
+
+    def late_thread():
+        time.sleep(1.0)
+        os.write(2, b"Traceback (most recent call last):\nRuntimeError: Event loop is closed\n")
+
+    t = threading.Thread(target=late_thread, name="asyncio_97")
+    t.start()
+    checkpoint._settle_failed_reads(0.2)
+    assert not t.is_alive()
+    t.join()
+    assert capfd.readouterr().err == ""

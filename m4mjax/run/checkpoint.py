@@ -71,16 +71,21 @@ def _quiet_failed_reads() -> None:
     sys.unraisablehook = hook
 
 
-def _settle_failed_reads(seconds: float = 1.0) -> None:
-    """A failed Orbax read leaves TensorStore threads finishing its other reads; they print "Event loop is closed"
-    tracebacks straight to fd 2 (no Python hook sees them). Hold fd 2 in a file while they finish, then pass on
-    everything else that was written meanwhile."""
+def _settle_failed_reads(seconds: float = 1.0, deadline: float = 30.0) -> None:
+    """A failed Orbax read leaves its worker threads (asyncio executor threads, ``asyncio_N``) finishing its other
+    reads; they print "Event loop is closed" tracebacks straight to fd 2 (no Python hook sees them). Hold fd 2 in a
+    file for ``seconds`` and until those threads have ended (at most ``deadline`` s: a fixed wait was too short on a
+    loaded machine), then pass on everything else that was written meanwhile."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as held:
         os.dup2(held.fileno(), 2)
         try:
             time.sleep(seconds)
+            end = time.monotonic() + deadline
+            for t in threading.enumerate():
+                if t is not threading.current_thread() and t.name.startswith("asyncio_"):
+                    t.join(max(end - time.monotonic(), 0.0))
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
