@@ -496,13 +496,43 @@ def test_reference_sounding_is_identity_at_init_and_then_reads_the_sounding_pitc
     assert np.abs(link_logits(on, ref, tgt) - link_logits(off, ref, tgt)).max() > 1e-3
 
 
+def target_pass_input(model, ref, tgt) -> np.ndarray:
+    """The global decoder's input in the target pass of ``model.link_forward`` (fa_cross runs the reference's
+    pass first), caught by a spy on ``global_decode``."""
+    from unittest import mock
+
+    seen = []
+    real = linked.LinkedModel.global_decode
+
+    def spy(self, h, *a, **kw):
+        seen.append(h)
+        return real(self, h, *a, **kw)
+
+    def run(m, r, t):
+        m.link_forward(r, t)
+        return seen[-1]
+
+    with mock.patch.object(linked.LinkedModel, "global_decode", spy):
+        return np.asarray(nnx.jit(run)(model, ref, tgt))
+
+
+def assert_sampler_matches_teacher_forcing(m, ref, tgt, kind):
+    """The cached sampler (start + step, with and without a 2-frame prompt) gives teacher forcing's global outputs."""
+    g_full, _, _ = nnx.jit(lambda m, r, t: m.link_forward(r, t))(m, ref, tgt)
+    enc = nnx.jit(lambda m, r, p: m.start(r, F2 - p.shape[1], p))
+    step = nnx.jit(lambda m, s, f: m.step(s, f))
+    for f0 in (0, 2):
+        state = enc(m, ref, tgt[:, :f0])
+        for t in range(f0, F2):
+            np.testing.assert_allclose(state.g, g_full[:, t], atol=1e-4, err_msg=f"{kind} frame {t}")
+            state = step(m, state, tgt[:, t])
+
+
 @pytest.mark.parametrize("kind", ["fa_self", "fa_cross"])
 def test_target_sounding_adds_the_music_under_the_predicted_frame(kind):
     """link.target_sounding: zero at init (logits equal the switch off); with its projection W set, the global
     input that predicts target frame j (fa_self: sequence position F1 + j; fa_cross: j) gains W[p] for each pitch
     p sounding in the reference at frame j, and nothing else changes; the cached sampler computes the same."""
-    from unittest import mock
-
     lk = tiny_link(kind, target_sounding=True, lora_dropout=0.0)
     m = linked.make(tiny_cfg(dropout=0.0), lk, rngs=nnx.Rngs(1))
     off = linked.make(tiny_cfg(dropout=0.0), tiny_link(kind, lora_dropout=0.0), rngs=nnx.Rngs(1))
@@ -515,32 +545,13 @@ def test_target_sounding_adds_the_music_under_the_predicted_frame(kind):
     np.testing.assert_allclose(link_logits(m, ref, tgt), link_logits(off, ref, tgt), atol=1e-6)
     W = jax.random.normal(jax.random.key(0), (128, 32))
     m.target_sounding_embed[...] = W
-    seen = []
-    real = linked.LinkedModel.global_decode
-
-    def spy(self, h, *a, **kw):
-        seen.append(h)
-        return real(self, h, *a, **kw)
-
-    def target_pass_input(model, r, t):
-        model.link_forward(r, t)
-        return seen[-1]  # the target pass's (fa_cross runs the reference's first)
-
-    with mock.patch.object(linked.LinkedModel, "global_decode", spy):
-        h_on, h_off = (np.asarray(nnx.jit(target_pass_input)(x, ref, tgt)) for x in (m, off))
+    h_on, h_off = (target_pass_input(x, ref, tgt) for x in (m, off))
     want = np.zeros_like(h_on)
     first = F1 if kind == "fa_self" else 0  # where the input predicting target frame 0 sits
     want[:, first + 2] = want[:, first + 3] = W[60] * np.sqrt(32)  # C4 sounds at frames 2 and 3 (gain sqrt(width))
     np.testing.assert_allclose(h_on - h_off, want, atol=1e-5)
     randomize(m, AdapterParam, 9)
-    g_full, _, _ = nnx.jit(lambda m, r, t: m.link_forward(r, t))(m, ref, tgt)
-    enc = nnx.jit(lambda m, r, p: m.start(r, F2 - p.shape[1], p))
-    step = nnx.jit(lambda m, s, f: m.step(s, f))
-    for f0 in (0, 2):
-        state = enc(m, ref, tgt[:, :f0])
-        for t in range(f0, F2):
-            np.testing.assert_allclose(state.g, g_full[:, t], atol=1e-4, err_msg=f"{kind} frame {t}")
-            state = step(m, state, tgt[:, t])
+    assert_sampler_matches_teacher_forcing(m, ref, tgt, kind)
 
 
 @pytest.mark.parametrize("kind", ["fa_self", "fa_cross"])
@@ -549,8 +560,6 @@ def test_sounding_ahead_adds_the_share_of_the_coming_frames_in_which_each_pitch_
     global input predicting target frame j gains, for each window w, W_w[p] times the share of reference frames
     j .. j+w-1 that lie inside the window and in which pitch p sounds (counted here by hand); the cached sampler
     computes the same as teacher forcing."""
-    from unittest import mock
-
     lk = tiny_link(kind, sounding_ahead=(2, 4), lora_dropout=0.0)
     m = linked.make(tiny_cfg(dropout=0.0), lk, rngs=nnx.Rngs(1))
     off = linked.make(tiny_cfg(dropout=0.0), tiny_link(kind, lora_dropout=0.0), rngs=nnx.Rngs(1))
@@ -564,19 +573,7 @@ def test_sounding_ahead_adds_the_share_of_the_coming_frames_in_which_each_pitch_
     np.testing.assert_allclose(link_logits(m, ref, tgt), link_logits(off, ref, tgt), atol=1e-6)
     W = np.asarray(jax.random.normal(jax.random.key(0), (2, 128, 32)))
     m.ahead_sounding_embed[...] = W
-    seen = []
-    real = linked.LinkedModel.global_decode
-
-    def spy(self, h, *a, **kw):
-        seen.append(h)
-        return real(self, h, *a, **kw)
-
-    def target_pass_input(model, r, t):
-        model.link_forward(r, t)
-        return seen[-1]
-
-    with mock.patch.object(linked.LinkedModel, "global_decode", spy):
-        h_on, h_off = (np.asarray(nnx.jit(target_pass_input)(x, ref, tgt)) for x in (m, off))
+    h_on, h_off = (target_pass_input(x, ref, tgt) for x in (m, off))
     sounding = {60: {2, 3}, 64: {F1 - 1}}
     want = np.zeros_like(h_on)
     first = F1 if kind == "fa_self" else 0
@@ -588,14 +585,7 @@ def test_sounding_ahead_adds_the_share_of_the_coming_frames_in_which_each_pitch_
                 want[:, first + j] += share * W[k, p] * np.sqrt(32)
     np.testing.assert_allclose(h_on - h_off, want, atol=1e-5)
     randomize(m, AdapterParam, 9)
-    g_full, _, _ = nnx.jit(lambda m, r, t: m.link_forward(r, t))(m, ref, tgt)
-    enc = nnx.jit(lambda m, r, p: m.start(r, F2 - p.shape[1], p))
-    step = nnx.jit(lambda m, s, f: m.step(s, f))
-    for f0 in (0, 2):
-        state = enc(m, ref, tgt[:, :f0])
-        for t in range(f0, F2):
-            np.testing.assert_allclose(state.g, g_full[:, t], atol=1e-4, err_msg=f"{kind} frame {t}")
-            state = step(m, state, tgt[:, t])
+    assert_sampler_matches_teacher_forcing(m, ref, tgt, kind)
 
 
 def test_sounding_ahead_rejects_bad_windows():

@@ -131,24 +131,32 @@ def test_paper_dry_run_fits_16_gib_on_8_devices():
     assert info["mesh"]["fsdp"] == 8 and info["fits"] and info["device_memory_gib"] == 16.0
 
 
+def _update_sizes(oc, train_steps: int, n: int) -> list[float]:
+    """-update per step of ``steps.make_optimizer(oc, train_steps)`` for a constant gradient of 1 (Adam's normalised
+    step is then 1 per coordinate, so with weight decay off each update is -lr(t)), for n steps."""
+    import jax.numpy as jnp
+
+    from m4mjax import steps
+
+    tx = steps.make_optimizer(oc, train_steps)
+    params = {"w": jnp.zeros(2)}
+    state = tx.init(params)
+    got = []
+    for _ in range(n):
+        u, state = tx.update({"w": jnp.ones(2)}, state, params)
+        got.append(-float(u["w"][0]))
+    return got
+
+
 def test_warmup_constant_schedule_ramps_then_stays_flat_so_a_run_can_be_extended():
     """optim.schedule='warmup_constant': SGD-like check on AdamW's first moments with a constant gradient, where
     Adam's normalised step is 1 per coordinate, so each update is -lr(t) (weight decay off): 1/4, 2/4, 3/4, then
     the full rate for every later step, also past train.steps (a resumed, extended run keeps learning)."""
-    import jax.numpy as jnp
     import ml_collections
-
-    from m4mjax import steps
 
     oc = ml_collections.ConfigDict(dict(schedule="warmup_constant", lr=1e-3, warmup_frac=0.02, b1=0.9, b2=0.999,
                                         weight_decay=0.0, grad_clip=0.0))
-    tx = steps.make_optimizer(oc, 200)  # warm-up = 0.02 * 200 = 4 steps
-    params = {"w": jnp.zeros(2)}
-    state = tx.init(params)
-    got = []
-    for _ in range(260):
-        u, state = tx.update({"w": jnp.ones(2)}, state, params)
-        got.append(-float(u["w"][0]))
+    got = _update_sizes(oc, 200, 260)  # warm-up = 0.02 * 200 = 4 steps
     np.testing.assert_allclose(got[:4], [0.25e-3, 0.5e-3, 0.75e-3, 1e-3], rtol=1e-4)
     np.testing.assert_allclose(got[4:], 1e-3, rtol=1e-4)
 
@@ -156,19 +164,10 @@ def test_warmup_constant_schedule_ramps_then_stays_flat_so_a_run_can_be_extended
 def test_warmup_constant_with_decay_steps_cools_down_linearly_to_zero_at_the_last_step():
     """optim.decay_steps=4 on 20 steps (warm-up 1): updates (as above, each -lr(t)) are the full rate through step
     15, then 4/5, 3/5, 2/5, 1/5 of it on steps 16..19 and 0 from step 20 (train.steps) on."""
-    import jax.numpy as jnp
     import ml_collections
-
-    from m4mjax import steps
 
     oc = ml_collections.ConfigDict(dict(schedule="warmup_constant", lr=1e-3, warmup_frac=0.05, decay_steps=4, b1=0.9,
                                         b2=0.999, weight_decay=0.0, grad_clip=0.0))
-    tx = steps.make_optimizer(oc, 20)
-    params = {"w": jnp.zeros(2)}
-    state = tx.init(params)
-    got = []
-    for _ in range(22):
-        u, state = tx.update({"w": jnp.ones(2)}, state, params)
-        got.append(-float(u["w"][0]))
+    got = _update_sizes(oc, 20, 22)
     want = [1e-3] * 16 + [0.8e-3, 0.6e-3, 0.4e-3, 0.2e-3, 0.0, 0.0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-9)
