@@ -158,6 +158,8 @@ def test_a_failed_reads_closed_loop_tracebacks_are_held_back_and_other_output_pa
         os.write(2, "".join(lines[:2]).encode())  # two tracebacks interleaved line by line, as seen
         os.write(2, noise.encode())
         os.write(2, "".join(lines[2:]).encode())
+        for piece in ("RuntimeError: ", "    self._check_closed()", "Event loop is closed\n"):  # interleaved mid-line
+            os.write(2, piece.encode())
         os.write(2, b"a real message\n")
 
     t = threading.Timer(0.1, threads_write)

@@ -71,6 +71,10 @@ def _quiet_failed_reads() -> None:
     sys.unraisablehook = hook
 
 
+_TRACEBACK_PIECES = ("Traceback (most recent call last)", "RuntimeError", "Event loop is closed", "_check_closed",
+                     "call_soon_threadsafe", "base_events.py")
+
+
 def _settle_failed_reads(seconds: float = 1.0, deadline: float = 30.0) -> None:
     """A failed Orbax read leaves its worker threads (asyncio executor threads, ``asyncio_N``) finishing its other
     reads; they print "Event loop is closed" tracebacks straight to fd 2 (no Python hook sees them). Hold fd 2 in a
@@ -92,10 +96,10 @@ def _settle_failed_reads(seconds: float = 1.0, deadline: float = 30.0) -> None:
             os.close(saved)
         held.seek(0)
         text = held.read().decode(errors="replace")
-    if "Event loop is closed" in text:  # the threads' tracebacks may interleave: drop their lines, keep the rest
+    if "Event loop is closed" in text:  # the threads' tracebacks interleave, even inside a line ("RuntimeError:
+        # " from one thread, "    self._check_closed()" from another): drop every line holding a piece of them
         text = "".join(ln for ln in text.splitlines(True) if not (
-            ln.startswith((" ", "\t", "Traceback (most recent call last):", "RuntimeError: Event loop is closed"))
-            or not ln.strip()))
+            ln.startswith((" ", "\t")) or not ln.strip() or any(p in ln for p in _TRACEBACK_PIECES)))
     if text.strip():
         sys.stderr.write(text)
 
