@@ -21,7 +21,7 @@ from m4m_fixtures import REPO, one_device_env
 from test_analysis import analysis_dir  # noqa: F401  (the tiny chord-data folder: synth + RomanText test songs)
 
 SCRIPT = REPO / "experiments" / "m4m" / "analysis_gpu.sh"
-ROWS = ("fa_self", "fa_cross", "full", "scratch")
+ROWS = ("fa_self", "fa_cross", "full", "scratch", "seq2seq")
 LM_STEPS, ROW_STEPS, SONGS = 3, 2, 2
 
 
@@ -94,12 +94,12 @@ def test_every_model_is_a_loadable_shipped_folder_of_its_config(gpu_out, analysi
     runs.load_run(str(lm_dir), streams=runs.LM_STREAMS)  # the folder opens as a model (names and shapes checked)
 
     switches = {"fa_self": ("fa_self", "link"), "fa_cross": ("fa_cross", "link"), "full": ("fa_self", "full"),
-                "scratch": ("fa_self", "full")}
+                "scratch": ("fa_self", "full"), "seq2seq": ("seq2seq", "full")}
     for r in ROWS:
         d = _unpack(gpu_out, f"analysis_tiny_{r}", tmp_path)
         cfg = cli.load_config(str(d))
         assert (cfg.link.kind, cfg.link.train) == switches[r]
-        assert bool(cfg.init_from) == (r != "scratch") and cfg.data.dir == str(analysis_dir)
+        assert bool(cfg.init_from) == (r not in ("scratch", "seq2seq")) and cfg.data.dir == str(analysis_dir)
         params = dict(np.load(d / "params.npz"))
         assert {k: v.shape for k, v in params.items()} == _model_shapes(cfg), r
         assert json.loads((d / "source.json").read_text())["step"] == ROW_STEPS
@@ -111,6 +111,9 @@ def test_every_model_is_a_loadable_shipped_folder_of_its_config(gpu_out, analysi
                 assert 0.0 <= scores[k] <= 1.0, (r, name, k)
         assert (d / "metrics.jsonl").is_file() and "step" in (d / "train.log").read_text()
         runs.load_run(str(d), streams=runs.TWO_STREAMS)
+        if r == "seq2seq":  # its own encoder-decoder from scratch: no foundation weights to compare
+            assert "encoder" in " ".join(params) and not cfg.init_from
+            continue
         # the rows started from the exported foundation: the link-only rows kept every one of its weights
         shared = {k for k in lm if k in params}
         assert shared and len(shared) == len(lm)

@@ -128,6 +128,9 @@ def test_analysis_cpu_scratch_is_small_plus_its_listed_deviations():
     assert b["link.target_sounding"] is True and (b["link.mask_prob"], b["link.mask_length"]) == (0.5, 16)
     assert (b["link.loss_weights.chord"], b["link.loss_weights.open"], b["optim.schedule"]) == (3.0, 3.0,
                                                                                              "warmup_constant")
+    assert (tuple(b["link.sounding_ahead"]), b["optim.decay_steps"]) == ((4, 16), 500)  # session 15's two levers
+    # its seq2seq row is built at the recipe's own sizes (the scratch row's model), not the official 256 x 3 layers
+    assert {k: b[f"model.{k}"] for k in cpu["link"]["seq2seq"]} == cpu["link"]["seq2seq"]
 
 
 def test_analysis_cpu_rows_start_from_a_foundation_of_their_own_shape():

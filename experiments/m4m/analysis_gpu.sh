@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 23 item 7: on one accelerator, in about SECONDS of wall time, train the foundation further
 # (lm_pretrain.py:$VARIANT_LM, from the shipped pretrained/lm_$VARIANT_LM when there is one), export it, train the
-# analysis rows of analysis.py:$VARIANT on it at equal steps (finetune.ROWS: fa_self, fa_cross, full, and scratch
+# analysis rows of analysis.py:$VARIANT on it at equal steps (finetune.ROWS: fa_self, fa_cross, full; scratch and seq2seq
 # from no foundation), evaluate each (m4mjax.analysis_eval, N held-out songs per set), export each, and leave in
 # OUTDIR one tar per model (a shipped model folder: config.json, params.npz, source.json, + eval.json,
 # metrics.jsonl, train.log) and summary.json (every model's step, losses and scores). Then
@@ -12,8 +12,8 @@
 # Env: PY (python with the project's dependencies; default .venv/bin/python; python3 on the accelerator machine),
 # VARIANT_LM / VARIANT (default cpu / cpu; tiny / tiny for a smoke test), WD (run directory, default
 # /tmp/analysis_gpu_run: re-running the same command resumes every run in it), N (held-out songs per set, default
-# 64), ROWS (default "fa_self fa_cross full scratch"), PARALLEL (rows trained / evaluated at once on the one device,
-# default 4: these models leave an H100 mostly idle), LM_STEPS / ROW_STEPS (step caps, default 100000: the wall
+# 64), ROWS (default "fa_self fa_cross full scratch seq2seq"), PARALLEL (rows trained / evaluated at once on the one device,
+# default 5: these models leave an H100 mostly idle), LM_STEPS / ROW_STEPS (step caps, default 100000: the wall
 # clock stops the runs; the configs' warm-up steps are kept), INIT_LM (default pretrained/lm_$VARIANT_LM if it has a
 # config.json; empty = from scratch), LM_ARGS / ROW_ARGS (extra --config.* flags), DATA_LM (the foundation's data:
 # data.name, e.g. a prepared folder; default the config's, data/tfds/m4m_default), DATA_ANALYSIS (the chord-data
@@ -34,7 +34,7 @@ for v in DATA_LM DATA_ANALYSIS; do  # folders as absolute paths, before the cd
 done
 cd "$(dirname "$0")/../.." || exit 1
 PY=${PY:-.venv/bin/python}; VARIANT_LM=${VARIANT_LM:-cpu}; VARIANT=${VARIANT:-cpu}; N=${N:-64}
-ROWS=${ROWS:-fa_self fa_cross full scratch}; PARALLEL=${PARALLEL:-4}
+ROWS=${ROWS:-fa_self fa_cross full scratch seq2seq}; PARALLEL=${PARALLEL:-5}
 LM_STEPS=${LM_STEPS:-100000}; ROW_STEPS=${ROW_STEPS:-100000}; LM_ARGS=${LM_ARGS:-}; ROW_ARGS=${ROW_ARGS:-}
 DATA_LM=${DATA_LM:-}; DATA_ANALYSIS=${DATA_ANALYSIS:-}; DATA_TAR=${DATA_TAR:-.gpu_data/data.tar.gz}
 WHEELS=${WHEELS:-.whl}; SITE=${SITE:-/tmp/site}; CKPT_EVERY=${CKPT_EVERY:-500}  # = the cpu variants' train.ckpt_keep_every: those steps stay for --step

@@ -45,6 +45,7 @@ def config(variant: str, task_name: str, data_dir: str, section: str, *, small_s
     c[section] = ml_collections.ConfigDict(section_defaults)
     if variant == "tiny":
         c.link.update(lora_rank=4, lora_alpha=8.0, adapter_width=16, adapter_heads=4, mask_length=3)
+        c.link.seq2seq.update({k: c.model[k] for k in c.link.seq2seq})  # its seq2seq row at the tiny sizes too
         c.data.update(frames=16, batch_size=8)
         c.train.update(steps=2, log_every=1, eval_every=2, eval_batches=1, ckpt_every=2)
         c[section].context = 4
