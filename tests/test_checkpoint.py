@@ -100,6 +100,18 @@ def test_progress_line_prints_the_first_step_and_says_mfu_na_without_a_peak():
     assert r["frames_per_s"] == pytest.approx(100 * r["steps_per_s"])
 
 
+def test_progress_line_shows_a_slow_unit_rate_in_two_figures_not_as_zero(monkeypatch):
+    """3 vmapped SPS seeds at 0.16 steps/s are 0.48 seed-steps/s: printed '0.48', not rounded to '0'."""
+    clock = iter([100.0, 110.0, 135.0])
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
+    out = pyio.StringIO()
+    p = metrics.Progress(10, 0, units_per_step=3, unit="seed-steps", stream=out)
+    p.update(1)
+    r = p.update(5)  # 4 steps in 25 s
+    assert r["steps_per_s"] == pytest.approx(0.16)
+    assert "  0.48 seed-steps/s" in out.getvalue().splitlines()[1]
+
+
 def test_progress_line_mfu_uses_the_given_peak():
     import jax
 

@@ -137,7 +137,8 @@ class Progress:
             if self.units:
                 r[f"{self.unit}_per_s"] = sps * self.units
                 r[f"{self.unit}_per_s_per_device"] = sps * self.units / jax.device_count()
-                line += f"  {sps * self.units:,.0f} {self.unit}/s"
+                u = sps * self.units
+                line += f"  {u:,.0f} {self.unit}/s" if u >= 10 else f"  {u:.2g} {self.unit}/s"
             mfu = sps * self.flops / (self.peak * jax.device_count()) if self.flops and self.peak > 0 else 0.0
             if 0 < mfu <= 1:
                 r["mfu"] = mfu
