@@ -1,7 +1,9 @@
 """Conv / dense layers of the SPS nets (NNX, channels-last, logical axis names on every kernel).
 
-``conv_impl='matmul'`` computes the 1-D convs as patch-matmuls (fast on CPU and under a vmapped seed axis),
-``'lax'`` with XLA convolutions; both use the same parameters and give the same numbers.
+``conv_impl='matmul'`` computes the convs as patch-matmuls (fast on CPU and under a vmapped seed axis, where XLA's
+convolutions become grouped ones), ``'lax'`` with XLA convolutions; both use the same parameters and give the same
+numbers. The ball nets' 2-D convs keep Flax's nnx.Conv / nnx.ConvTranspose parameters; ``conv2d_k4s2`` and
+``conv_transpose2d_k4s2`` are their matmul forms.
 """
 from __future__ import annotations
 
@@ -114,3 +116,35 @@ class ConvTranspose1D(nnx.Module):
     def _add_bias(self, y: jax.Array) -> jax.Array:
         b = self.bias[...]
         return (y.reshape(y.shape[:-1] + (-1, b.shape[0])) + b).reshape(y.shape)
+
+
+def conv2d_k4s2(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """= nnx.Conv(kernel (4, 4), strides 2, padding 1) without bias: x [N, H, W, I], kernel [4, 4, I, O] ->
+    [N, H/2, W/2, O]; y[i, j] = sum_uv xpad[2i+u, 2j+v] @ kernel[u, v], as one GEMM over 4x4 patches."""
+    n, h, w, _ = x.shape
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    patches = jnp.concatenate([xp[:, u: u + h: 2, v: v + w: 2] for u in range(4) for v in range(4)], axis=-1)
+    return patches @ kernel.reshape(-1, kernel.shape[-1])
+
+
+# sub-pixel form of a stride-2, 4-tap transposed conv (Flax layout, kernel not flipped, padding 2 on the dilated
+# input = torch's padding 1): output 2i + a sums input rows i - 1 + u (u = 0, 1, 2) with kernel tap _TAP[a, u]
+# (-1: unused): even outputs read rows i-1, i with taps 0, 2; odd outputs rows i, i+1 with taps 1, 3.
+_TAP = ((0, 2, -1), (-1, 1, 3))
+
+
+def conv_transpose2d_k4s2(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """= nnx.ConvTranspose(kernel (4, 4), strides 2, padding 2) without bias: x [N, H, W, I], kernel [4, 4, I, O]
+    -> [N, 2H, 2W, O], as ONE GEMM of 3x3 patches against the 4 output phases' taps (no zeros multiplied: the
+    dilated form spends 3/4 of its work on inserted zeros, and under a vmapped seed axis XLA:CPU runs it as a
+    grouped convolution, ~3x slower than this at the ball decoder's sizes)."""
+    n, h, w, cin = x.shape
+    cout = kernel.shape[-1]
+    zero = jnp.zeros((cin, cout), kernel.dtype)
+    tap = lambda a, b, u, v: zero if -1 in (_TAP[a][u], _TAP[b][v]) else kernel[_TAP[a][u], _TAP[b][v]]
+    wm = jnp.stack([jnp.stack([jnp.stack([jnp.stack([tap(a, b, u, v) for b in range(2)], -2) for a in range(2)], -3)
+                               for v in range(3)]) for u in range(3)])          # [3, 3, I, 2, 2, O]
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    patches = jnp.concatenate([xp[:, u: u + h, v: v + w] for u in range(3) for v in range(3)], axis=-1)
+    y = (patches @ wm.reshape(9 * cin, 4 * cout)).reshape(n, h, w, 2, 2, cout)
+    return jnp.transpose(y, (0, 1, 3, 2, 4, 5)).reshape(n, 2 * h, 2 * w, cout)

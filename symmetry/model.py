@@ -16,7 +16,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from m4mjax.run import mesh as mesh_lib
-from symmetry.layers import Conv1D, ConvTranspose1D, Linear, inits, param, uniform_init
+from symmetry.layers import (Conv1D, ConvTranspose1D, Linear, conv2d_k4s2, conv_transpose2d_k4s2, inits, param,
+                             uniform_init)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +35,7 @@ class SPSConfig:
     rnn_type: str = "rnn"               # 'rnn' (Elman, paper) or 'gru'
     rnn_hidden: int = 256
     rnn_layers: int = 1
-    conv_impl: str = "matmul"           # audio convs: 'matmul' (patch GEMMs) or 'lax' (XLA conv)
+    conv_impl: str = "matmul"           # convs: 'matmul' (patch GEMMs) or 'lax' (XLA conv); same params and numbers
     variant: str = "vae"                # 'vae' (sampled z, KL) or 'ae' (z = mu, KL = 0)
     prior: bool = True                  # False = the "beta-VAE" baseline: self-recon + KL only
     reparam: str = "official"           # 'official': mu + eps*0.5*exp(logvar); 'standard': mu + eps*exp(logvar/2)
@@ -200,11 +201,12 @@ class BallEncoder(nnx.Module):
         flat = chans[-1] * (cfg.image_size // 8) ** 2
         self.mu = Linear(flat, cfg.latent_dim, ("embed", "latent"), torch_init=t, rngs=rngs)
         self.logvar = Linear(flat, cfg.latent_dim, ("embed", "latent"), torch_init=t, rngs=rngs)
+        self.impl = cfg.conv_impl
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         h = x
         for conv in self.convs:
-            h = jax.nn.relu(conv(h))
+            h = jax.nn.relu(conv(h) if self.impl == "lax" else conv2d_k4s2(h, conv.kernel[...]) + conv.bias[...])
         h = h.reshape(h.shape[0], -1)
         return self.mu(h), self.logvar(h)
 
@@ -223,6 +225,7 @@ class BallDecoder(nnx.Module):
         self.convs = nnx.List([nnx.ConvTranspose(a, b, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
                                                  **_nnx_inits(t, 16 * b, 2), rngs=rngs)
                                for a, b in zip(chans[:-1], chans[1:])])
+        self.impl = cfg.conv_impl
 
     def __call__(self, z: jax.Array) -> jax.Array:
         h = z
@@ -230,7 +233,7 @@ class BallDecoder(nnx.Module):
             h = layer(h) if i == len(self.mlp) - 1 else jax.nn.relu(layer(h))
         h = h.reshape(h.shape[0], self.s, self.s, self.c)
         for i, conv in enumerate(self.convs):
-            h = conv(h)
+            h = conv(h) if self.impl == "lax" else conv_transpose2d_k4s2(h, conv.kernel[...]) + conv.bias[...]
             if i < len(self.convs) - 1:
                 h = jax.nn.relu(h)
         return h

@@ -7,7 +7,7 @@ from flax import nnx
 
 from symmetry.losses import reparameterize, teacher_forcing_mask, teacher_forcing_prob
 from sps_fixtures import numpy_model
-from symmetry.layers import Conv1D, ConvTranspose1D
+from symmetry.layers import Conv1D, ConvTranspose1D, conv2d_k4s2, conv_transpose2d_k4s2
 from symmetry.model import Prior, SPSConfig, SPSModel, audio_config, ball_config, count_params
 
 
@@ -101,6 +101,61 @@ def test_conv_impls_agree_on_full_model():
     outs = both(params, x)
     np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-4, atol=1e-4)
+
+
+def _np_conv2d(xp, k, stride):
+    """Cross-correlation of an already padded x [N, H, W, I] with k [kh, kw, I, O] (no kernel flip)."""
+    kh, kw = k.shape[:2]
+    ho, wo = (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
+    y = np.zeros((xp.shape[0], ho, wo, k.shape[-1]))
+    for i in range(ho):
+        for j in range(wo):
+            y[:, i, j] = np.einsum("nuvc,uvco->no", xp[:, i * stride: i * stride + kh, j * stride: j * stride + kw], k)
+    return y
+
+
+def test_ball_conv_matmul_forms_match_the_flax_definitions():
+    """conv2d_k4s2 = nnx.Conv(4x4, stride 2, padding 1); conv_transpose2d_k4s2 = nnx.ConvTranspose(4x4, stride 2,
+    padding 2), i.e. a correlation over the input dilated by 2 (zeros between rows / columns) and padded by 2, kernel
+    as stored. References in numpy, written from those definitions (an odd size and odd channel counts)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6, 6, 3))
+    k = rng.normal(size=(4, 4, 3, 5))
+    ref = _np_conv2d(np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), k, 2)
+    np.testing.assert_allclose(conv2d_k4s2(jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32)), ref,
+                               rtol=1e-4, atol=1e-4)
+    d = np.zeros((2, 11, 11, 3))
+    d[:, ::2, ::2] = x
+    ref = _np_conv2d(np.pad(d, ((0, 0), (2, 2), (2, 2), (0, 0))), k, 1)
+    assert ref.shape == (2, 12, 12, 5)
+    np.testing.assert_allclose(conv_transpose2d_k4s2(jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32)), ref,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_ball_conv_impls_agree_on_full_model_and_its_gradient():
+    """Same parameters, conv_impl matmul vs lax (nnx.Conv / nnx.ConvTranspose): the same mu, logits and gradients."""
+    cfg = ball_config(ball_channels=(4, 8, 8))
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 3, 32, 32, 3)), jnp.float32)
+    graphdef, params = nnx.split(numpy_model(cfg))
+    lax_graphdef, lax_params = nnx.split(nnx.eval_shape(lambda: SPSModel(ball_config(ball_channels=(4, 8, 8),
+                                                                                     conv_impl="lax"), rngs=nnx.Rngs(0))))
+    assert jax.tree.map(jnp.shape, lax_params) == jax.tree.map(jnp.shape, params)
+
+    @jax.jit
+    def both(params, x):
+        def loss(p, g):
+            m = nnx.merge(g, p)
+            mu, _ = m.encode(x)
+            return jnp.sum(jnp.sin(m.decode(mu))), mu
+        return [jax.value_and_grad(loss, has_aux=True)(params, g) for g in (graphdef, lax_graphdef)]
+
+    assert [nnx.merge(g, params).decoder.impl for g in (graphdef, lax_graphdef)] == ["matmul", "lax"]
+    (la, mua), ga = both(params, x)[0]
+    (lb, mub), gb = both(params, x)[1]
+    np.testing.assert_allclose(mua, mub, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(la, lb, rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * float(jnp.max(jnp.abs(b))))
 
 
 @pytest.mark.parametrize("rnn_type,layers", [("rnn", 1), ("gru", 2)])
