@@ -1,6 +1,7 @@
 """The weights committed under pretrained/ open as the models their config.json builds (every name and shape), so a
 fresh clone's `python -m m4mjax.analyze` (no --workdir) and `--config.init_from=pretrained/NAME` work; and analyze's
 default is the shipped analyser folder."""
+import json
 import pathlib
 
 import numpy as np
@@ -24,10 +25,17 @@ def test_every_shipped_folder_opens_as_its_model(name):
 
     from m4mjax import runs
 
+    from symmetry import runs as sps_runs
+    from symmetry.summary import is_sps_config
+
     folder = REPO / "pretrained" / name
-    model, cfg = runs.load_run(str(folder))
     weights = dict(np.load(folder / "params.npz"))
-    state = nnx.state(model, nnx.Param).to_pure_dict()
+    if is_sps_config(json.loads((folder / "config.json").read_text())):  # SPS: every seed's params, stacked
+        state = sps_runs.load_seeds(str(folder))[3]
+        state = state.to_pure_dict() if hasattr(state, "to_pure_dict") else state
+    else:
+        model, _ = runs.load_run(str(folder))
+        state = nnx.state(model, nnx.Param).to_pure_dict()
     flat = {"/".join(str(getattr(k, "key", k)) for k in path): leaf
             for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
     assert set(flat) == set(weights)  # loaded every stored parameter, and no parameter is left at its initialiser
