@@ -27,6 +27,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.data.target_frame_tokens = 0      # two-stream tasks: the target stream's L (0 = max_frame_tokens); shorter
                                         # rows cost less (label rows need 2 x notes + 1; longer rows drop notes)
     c.data.sampling = "song"            # training windows: 'song' (one per song per epoch) | 'length' (per song length)
+    c.data.song_start_frac = 0.0        # training windows starting at a song's first frame (deviation, 0 = official:
+                                        # uniform starts, so a window's frame 0 is almost never a song's start, which
+                                        # is exactly where inference's first window starts)
     c.data.drop_short = True            # drop songs shorter than a window (as the paper); else pad them
     c.data.reference = ""               # two-stream tasks: reference stream selector ('drums', 'track:0', ...)
     c.data.target = ""                  # two-stream tasks: target stream selector

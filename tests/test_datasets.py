@@ -201,3 +201,19 @@ def test_train_groups_reach_the_training_windows(prepared):
         for _ in range(6):
             next(it)
     assert seen and seen <= wanted
+
+
+def test_song_start_frac_starts_windows_at_a_songs_first_frame(prepared):
+    """data.song_start_frac: that share of training windows starts at frame 0 of its song (inference's first
+    window); 0 keeps the uniform starts. Expected windows written here from the song records."""
+    src = convert.ShardSource(str(prepared), "train")
+    firsts = {tok.notes_to_tokens(src[i]["notes"], 0, 64, tok.MAX_FRAME_TOKENS, song_frames=int(src[i]["n_frames"])
+                                  ).tobytes() for i in range(len(src))}
+
+    def windows(frac):
+        it = pipeline.make_dataset(_cfg(prepared, reference="", target="", pitch_shift=(0, 0), song_start_frac=frac),
+                                   "train", seed=3)
+        return [w.tobytes() for _ in range(3) for w in next(it)["tokens"]]
+
+    assert all(w in firsts for w in windows(1.0))
+    assert sum(w in firsts for w in windows(0.0)) <= 2  # uniform starts over 57-167 choices: frame 0 is rare

@@ -219,10 +219,13 @@ def make_dataset(cfg_data: Any, split: str, seed: int, *, shard_options: grain.s
     threads = int(cfg_data.get("num_threads", 2))
     if train:
         lo, hi = (tuple(cfg_data.get("pitch_shift", (-5, 6))) + (0, 0))[:2]
+        start_frac = float(cfg_data.get("song_start_frac", 0.0))
 
         def sample(index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
             song = src[index]
             start = int(rng.integers(0, max(song["n_frames"] - frames, 0) + 1))
+            if start_frac and rng.random() < start_frac:  # drawn after the start: 0 leaves the stream as it was
+                start = 0
             s_lo, s_hi = tok.pitch_shift_range(song["notes"], lo, hi)
             shift = int(rng.integers(s_lo, s_hi + 1)) if s_hi >= s_lo else 0
             return _window(cfg_data, song, start, shift)
