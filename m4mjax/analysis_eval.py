@@ -23,12 +23,15 @@ def main(argv: list[str] | None = None) -> None:
         ap.add_argument("--sets", default=",".join(SETS), help=f"comma list of {', '.join(SETS)}")
         ap.add_argument("--decode", default=None, help="scored (default) | greedy | sample | official (16-frame "
                         "true-label prompt, temperature 1, mean of 8 samples)")
+        ap.add_argument("--transpose", default=None, help="comma list of semitone shifts: a transposition ensemble "
+                        "(each song analysed once per shift, frames voted; default: the run's analyze.transpose)")
         ap.add_argument("--out_name", default="eval.json", help="--workdir: file written inside the run directory")
         ap.add_argument("--step", type=int, default=None, help="--workdir: that checkpoint's weights (default: the "
                         "latest; train.ckpt_keep_every keeps every N-th step)")
 
     def check(args):
         args.sets = [s for s in args.sets.split(",") if s]
+        args.transpose = cli.int_list(args.transpose, "--transpose") if args.transpose is not None else None
         bad = [s for s in args.sets if s not in SETS]
         if bad:
             raise cli.UserError(f"unknown set(s) {bad}; known: {list(SETS)}", "--sets")
@@ -38,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         baselines=lambda a: scores.baselines(a.data_dir or "data/analysis", a.sets, a.max_songs),
         evaluate=lambda a: scores.evaluate(a.workdir, sets=a.sets, data_dir=a.data_dir or None,
                                            max_songs=a.max_songs, decode=a.decode, out_name=a.out_name,
-                                           step=a.step),
+                                           step=a.step, transpose=a.transpose),
         nothing_to_do="nothing to do: give --baselines or --workdir",
         helps={"workdir": "an analysis run to evaluate (as m4mjax.evaluate)",
                "baselines": "score the template matchers and chorder",

@@ -82,12 +82,14 @@ def summarize(scores: Sequence[dict[str, Any]], recs: Sequence[dict[str, Any]]) 
 
 def evaluate(workdir: str, cfg: Any = None, max_batches: int = 0, sets: Sequence[str] = tuple(SETS),
              data_dir: str | None = None, max_songs: int = 0, decode: str | None = None,
-             out_name: str = "eval.json", step: int | None = None) -> dict[str, Any]:
+             out_name: str = "eval.json", step: int | None = None, transpose: Sequence[int] | None = None
+             ) -> dict[str, Any]:
     """Analyse every held-out song of ``sets`` with the run ``workdir``; writes and returns W/<out_name>.
     ``max_songs`` (or ``max_batches`` batches of songs) > 0: that many songs per set, evenly spaced. ``decode``:
     'scored' | 'greedy' | 'sample' (default: the run's ``analyze.decode``, else 'scored'), or 'official' (the
     official protocol: each song's first 16 frames of true labels as prompt, temperature 1, scores averaged over
-    8 samples). ``step``: that checkpoint's weights (default: the latest)."""
+    8 samples). ``step``: that checkpoint's weights (default: the latest). ``transpose``: semitone shifts of a
+    transposition ensemble (``windows.vote``; default: the run's ``analyze.transpose``, else none)."""
     from m4mjax.run import checkpoint, metrics
 
     model, cfg = load_run(workdir, streams=TWO_STREAMS, step=step)
@@ -96,8 +98,10 @@ def evaluate(workdir: str, cfg: Any = None, max_batches: int = 0, sets: Sequence
     data_dir = data_dir or cfg.data.dir
     table = read_labels(data_dir)
     decode = str(opts.get("decode", "scored") if decode is None else decode)
+    transpose = tuple(int(k) for k in (opts.get("transpose", (0,)) if transpose is None else transpose))
     out: dict[str, Any] = {"workdir": os.path.abspath(workdir), "step": checkpoint.latest_step(workdir) if step is None else step,
-                           "task": "analysis", "data_dir": os.path.abspath(data_dir), "decode": decode, "sets": {}}
+                           "task": "analysis", "data_dir": os.path.abspath(data_dir), "decode": decode,
+                           "transpose": list(transpose), "sets": {}}
     for name in sets:
         songs = held_out_songs(data_dir, SETS[name], max_songs=max_songs or max_batches * bs, table=table)
         if not songs:
@@ -108,13 +112,15 @@ def evaluate(workdir: str, cfg: Any = None, max_batches: int = 0, sets: Sequence
         if decode == "official":  # the official protocol: 16 frames of true labels, temperature 1, 8 samples
             runs = [summarize([score_song(rec, r.segments, r.downbeats) for rec, r in zip(recs, label_songs(
                 model, [s for _, s, _ in songs], int(cfg.data.frames), context=context, batch_size=bs,
-                temperature=1.0, seed=k, decode="sample", label_prompt=OFFICIAL_PROMPT))], recs)
+                temperature=1.0, seed=k, decode="sample", label_prompt=OFFICIAL_PROMPT, transpose=transpose))],
+                recs)
                 for k in range(OFFICIAL_SAMPLES)]
             out["sets"][name] = {k: (round(float(np.mean([r[k] for r in runs])), 4) if isinstance(v, float) else v)
                                  for k, v in runs[0].items()}
         else:
             results = label_songs(model, [s for _, s, _ in songs], int(cfg.data.frames), context=context,
-                                  batch_size=bs, temperature=float(opts.get("temperature", 0.0)), decode=decode)
+                                  batch_size=bs, temperature=float(opts.get("temperature", 0.0)), decode=decode,
+                                  transpose=transpose)
             scores = [score_song(rec, r.segments, r.downbeats)
                       for rec, r in zip(recs, metrics.progress_bar(results, len(songs), f"{name}: songs"))]
             out["sets"][name] = summarize(scores, recs)

@@ -73,9 +73,11 @@ def write_outputs(stem: Path, score, timing: dict, result: Result, n_frames: int
 
 def analyze_files(workdir: str, paths: Sequence[str], out: str, *, context: int | None = None,
                   batch_size: int | None = None, temperature: float | None = None, seed: int = 0,
-                  progress: bool = True, decode: str | None = None) -> tuple[list[str], list[tuple[str, str]]]:
+                  progress: bool = True, decode: str | None = None, transpose: Sequence[int] | None = None
+                  ) -> tuple[list[str], list[tuple[str, str]]]:
     """Analyse MIDI files into ``out``; returns (files written, [(bad file, reason)]). Bad files are reported
-    on stderr as they are found and skipped; every good file is written."""
+    on stderr as they are found and skipped; every good file is written. ``transpose``: semitone shifts of a
+    transposition ensemble (``windows.vote``; default: the run's ``analyze.transpose``, else none)."""
     from m4mjax.run import metrics
 
     model, cfg = load_run(workdir, streams=TWO_STREAMS)
@@ -85,6 +87,7 @@ def analyze_files(workdir: str, paths: Sequence[str], out: str, *, context: int 
     batch_size = int(opts.get("batch_size", 8) if batch_size is None else batch_size)
     temperature = float(opts.get("temperature", 0.0) if temperature is None else temperature)
     decode = str(opts.get("decode", "scored") if decode is None else decode)
+    transpose = tuple(int(k) for k in (opts.get("transpose", (0,)) if transpose is None else transpose))
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
@@ -104,7 +107,7 @@ def analyze_files(workdir: str, paths: Sequence[str], out: str, *, context: int 
         stems[str(stem)] = p
         good.append((stem, song, score, timing))
     results = label_songs(model, [g[1] for g in good], frames, context=context, batch_size=batch_size,
-                          temperature=temperature, seed=seed, decode=decode)
+                          temperature=temperature, seed=seed, decode=decode, transpose=transpose)
     if progress:
         results = metrics.progress_bar(results, len(good), "analyze: files")
     written = []
@@ -125,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--decode", default=None, choices=None,
                     help="scored (default: each chord row chosen whole by its probability) | greedy | sample")
     ap.add_argument("--temperature", type=float, default=None, help="--decode=sample: softmax temperature")
+    ap.add_argument("--transpose", default=None, help="comma list of semitone shifts, e.g. 0,4,-4,2,-3: analyse "
+                    "each song once per shift and vote per frame (slower, steadier; default: the run's)")
     ap.add_argument("--seed", type=int, default=0)
     with cli.report_errors("m4mjax.analyze"):
         args = ap.parse_args(argv)
@@ -132,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
             raise cli.UserError("no shipped analyser in this checkout; give --workdir=RUN", str(SHIPPED))
         written, bad = analyze_files(args.workdir or str(SHIPPED), args.midi, args.out, context=args.context,
                                      batch_size=args.batch_size, temperature=args.temperature, seed=args.seed,
-                                     decode=args.decode)
+                                     decode=args.decode, transpose=None if args.transpose is None
+                                     else cli.int_list(args.transpose, "--transpose"))
         print(f"wrote {len(written)} files for {len(written) // 3} songs into {args.out}")
         cli.raise_if_bad(bad, len(args.midi), "analysed")
 

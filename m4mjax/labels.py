@@ -67,6 +67,18 @@ def harte_to_notes(label: str) -> tuple[int | None, tuple[int, ...], tuple[int, 
     return (root + bass) % 12, chord, ext
 
 
+def transpose_label(label: str, k: int) -> str:
+    """A Harte label moved by k semitones (its root respelled from ``NAMES``; quality and bass interval kept; 'N' and
+    'X' unchanged)."""
+    if label in ("N", "X"):
+        return label
+    root, sep, rest = label.partition(":")
+    if not sep:
+        root, sep, rest = label.partition("/")  # 'C/3' (a major chord with a bass)
+    pc = mir_eval.chord.pitch_class_to_semitone(root)
+    return NAMES[(pc + k) % 12] + sep + rest
+
+
 def chord_pitches(label: str) -> list[int]:
     """MIDI pitches of one label on the chord-track layout: bass 36+pc, tones 48+pc, extensions 60+pc."""
     bass, chord, ext = harte_to_notes(label)

@@ -68,12 +68,26 @@ def window_starts(n_frames: int, frames: int, context: int) -> list[int]:
 
 def label_songs(model: nnx.Module, songs: Sequence[Song], frames: int, *, context: int = 0, batch_size: int = 8,
                 temperature: float = 0.0, seed: int = 0, decode: str = "scored", open_mode: str = "joint",
-                label_prompt: int = 0) -> Iterator[Result]:
+                label_prompt: int = 0, transpose: Sequence[int] = (0,)) -> Iterator[Result]:
     """Analyse ``songs`` (one Result per song, yielded in the given order). Songs are batched by length, so a
     batch's short songs do not wait idle through its longest one's windows. ``decode``: 'scored' (chords chosen
     whole, ``m4mjax.chord_decode``; beats greedy), 'greedy' (argmax token by token) or 'sample' (``temperature``).
     ``label_prompt`` > 0: each song's first that many frames of TRUE labels (``Song.labels``) are given as the
-    first window's target prompt and kept (the official evaluation protocol)."""
+    first window's target prompt and kept (the official evaluation protocol). ``transpose``: the songs are analysed
+    once per shift (semitones) and each song's analyses are combined by ``vote`` (a transposition ensemble: the
+    model was trained on every key, and its mistakes differ from key to key)."""
+    if tuple(transpose) != (0,):
+        from m4mjax.datasets.pipeline import shift_song
+
+        if not transpose or len(set(transpose)) != len(transpose):
+            raise UserError("must be distinct semitone shifts", f"transpose={list(transpose)}")
+        runs = [label_songs(model, [dataclasses.replace(s, notes=shift_song(s.notes, k), labels=None if s.labels is None
+                                                        else shift_song(s.labels, k)) for s in songs],
+                            frames, context=context, batch_size=batch_size, temperature=temperature, seed=seed,
+                            decode=decode, open_mode=open_mode, label_prompt=label_prompt) for k in transpose]
+        for song, results in zip(songs, zip(*runs)):
+            yield vote(results, transpose, song.n_frames)
+        return
     if not 0 <= context < frames:
         raise UserError(f"must be in [0, {frames}) (the run's window is {frames} frames)", f"--context={context}")
     if decode not in DECODES:
@@ -120,6 +134,45 @@ def label_songs(model: nnx.Module, songs: Sequence[Song], frames: int, *, contex
         while nxt in done:
             yield done.pop(nxt)
             nxt += 1
+
+
+def frame_labels(segments: Sequence[tuple[int, int, str]], n_frames: int) -> list[str]:
+    """One label per frame of [0, n_frames) from (start, end, label) segments ('N' where none)."""
+    out = ["N"] * n_frames
+    for s, e, lab in segments:
+        out[max(int(s), 0):min(int(e), n_frames)] = [lab] * (min(int(e), n_frames) - max(int(s), 0))
+    return out
+
+
+def vote(results: Sequence[Result], shifts: Sequence[int], n_frames: int) -> Result:
+    """One analysis from analyses of the same song transposed by ``shifts`` semitones: each frame takes the chord
+    most of them give, moved back by its shift (a tie goes to the earliest shift), and a downbeat where more than
+    half of them put one; the label notes are re-rendered from the result (quarter-note beats)."""
+    per = [[labels.transpose_label(lab, -k) for lab in frame_labels(r.segments, n_frames)]
+           for r, k in zip(results, shifts)]
+    voted = []
+    for f in range(n_frames):
+        column = [p[f] for p in per]
+        voted.append(max(column, key=lambda lab: (column.count(lab), -column.index(lab))))
+    segments = [(int(s), int(s + len(list(g))), lab) for s, lab, g in _runs(voted)]
+    counts = np.zeros(max(n_frames, 1), np.int32)
+    for r in results:
+        d = np.asarray(r.downbeats, np.int64)
+        counts[np.unique(d[(d >= 0) & (d < n_frames)])] += 1
+    downbeats = np.flatnonzero(2 * counts > len(results))
+    chords = labels.chord_track([x for x in segments if x[2] not in ("N", "X")], n_frames, downbeats)
+    return Result(segments, downbeats, np.concatenate([chords, labels.beat_track(downbeats, None, n_frames)]))
+
+
+def _runs(seq: Sequence[str]):
+    """(start, value, items) per run of equal consecutive values."""
+    import itertools
+
+    start = 0
+    for value, group in itertools.groupby(seq):
+        items = list(group)
+        yield start, value, items
+        start += len(items)
 
 
 def decode_tokens(target_tokens: np.ndarray, n_frames: int) -> Result:

@@ -92,6 +92,14 @@ def quiet_logs(verbose: bool = False) -> None:
 
 
 # --- absl entry points ---------------------------------------------------------------------------
+def int_list(text: str, flag: str) -> list[int]:
+    """'0,4,-4' -> [0, 4, -4]; anything else is a one-line UserError naming ``flag``."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError("must be a comma list of integers, e.g. 0,4,-4", f"{flag}={text}") from None
+
+
 def check_flag(name: str, ok: Callable[[Any], bool], what: str) -> None:
     """Range-check a flag where it is defined: a value failing ``ok`` is a one-line error naming the flag."""
     flags.register_validator(name, ok, message=what)
