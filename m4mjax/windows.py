@@ -146,8 +146,8 @@ def frame_labels(segments: Sequence[tuple[int, int, str]], n_frames: int) -> lis
 
 def vote(results: Sequence[Result], shifts: Sequence[int], n_frames: int) -> Result:
     """One analysis from analyses of the same song transposed by ``shifts`` semitones: each frame takes the chord
-    most of them give, moved back by its shift (a tie goes to the earliest shift), and a downbeat where more than
-    half of them put one; the label notes are re-rendered from the result (quarter-note beats)."""
+    most of them give, moved back by its shift (a tie goes to the earliest shift), and the downbeats are the first
+    shift's; the label notes are re-rendered from the result (quarter-note beats)."""
     per = [[labels.transpose_label(lab, -k) for lab in frame_labels(r.segments, n_frames)]
            for r, k in zip(results, shifts)]
     voted = []
@@ -155,11 +155,8 @@ def vote(results: Sequence[Result], shifts: Sequence[int], n_frames: int) -> Res
         column = [p[f] for p in per]
         voted.append(max(column, key=lambda lab: (column.count(lab), -column.index(lab))))
     segments = [(int(s), int(s + len(list(g))), lab) for s, lab, g in _runs(voted)]
-    counts = np.zeros(max(n_frames, 1), np.int32)
-    for r in results:
-        d = np.asarray(r.downbeats, np.int64)
-        counts[np.unique(d[(d >= 0) & (d < n_frames)])] += 1
-    downbeats = np.flatnonzero(2 * counts > len(results))
+    downbeats = np.asarray(results[0].downbeats, np.int64)  # metre does not move with the key: the first shift's
+    # (a frame-wise majority drops the downbeats of a bar whose phase the analyses disagree on: RomanText F 0.88 -> 0.83)
     chords = labels.chord_track([x for x in segments if x[2] not in ("N", "X")], n_frames, downbeats)
     return Result(segments, downbeats, np.concatenate([chords, labels.beat_track(downbeats, None, n_frames)]))
 
