@@ -129,6 +129,7 @@ def test_analysis_cpu_scratch_is_small_plus_its_listed_deviations():
     assert (b["link.loss_weights.chord"], b["link.loss_weights.open"], b["optim.schedule"]) == (3.0, 3.0,
                                                                                              "warmup_constant")
     assert (tuple(b["link.sounding_ahead"]), b["optim.decay_steps"]) == ((4, 16), 500)  # session 15's two levers
+    assert (a["data.song_start_frac"], b["data.song_start_frac"]) == (0.0, 0.25)  # session 17's; off = official
     # its seq2seq row is built at the recipe's own sizes (the scratch row's model), not the official 256 x 3 layers
     assert {k: b[f"model.{k}"] for k in cpu["link"]["seq2seq"]} == cpu["link"]["seq2seq"]
 
