@@ -89,7 +89,8 @@ def evaluate(workdir: str, cfg: Any = None, max_batches: int = 0, sets: Sequence
     'scored' | 'greedy' | 'sample' (default: the run's ``analyze.decode``, else 'scored'), or 'official' (the
     official protocol: each song's first 16 frames of true labels as prompt, temperature 1, scores averaged over
     8 samples). ``step``: that checkpoint's weights (default: the latest). ``transpose``: semitone shifts of a
-    transposition ensemble (``windows.vote``; default: the run's ``analyze.transpose``, else none)."""
+    transposition ensemble (``windows.vote``; default: the run's ``analyze.transpose``, else none;
+    under 'official' none)."""
     from m4mjax.run import checkpoint, metrics
 
     model, cfg = load_run(workdir, streams=TWO_STREAMS, step=step)
@@ -98,7 +99,9 @@ def evaluate(workdir: str, cfg: Any = None, max_batches: int = 0, sets: Sequence
     data_dir = data_dir or cfg.data.dir
     table = read_labels(data_dir)
     decode = str(opts.get("decode", "scored") if decode is None else decode)
-    transpose = tuple(int(k) for k in (opts.get("transpose", (0,)) if transpose is None else transpose))
+    if transpose is None:  # the official protocol is one analysis per sample: the run's ensemble is not its default
+        transpose = (0,) if decode == "official" else opts.get("transpose", (0,))
+    transpose = tuple(int(k) for k in transpose)
     out: dict[str, Any] = {"workdir": os.path.abspath(workdir), "step": checkpoint.latest_step(workdir) if step is None else step,
                            "task": "analysis", "data_dir": os.path.abspath(data_dir), "decode": decode,
                            "transpose": list(transpose), "sets": {}}

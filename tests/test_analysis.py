@@ -496,13 +496,26 @@ def test_official_protocol_averages_eight_sampled_runs_with_a_true_label_prompt(
         for s in songs:
             assert s.labels is not None and len(s.labels)
             rec = truth[s.notes.tobytes()]
-            segs = [(a, b, lab if kw["seed"] % 2 == 0 else "X") for a, b, lab in rec["segments"]]
+            segs = [(a, b, lab if kw.get("seed", 0) % 2 == 0 else "X") for a, b, lab in rec["segments"]]
             yield windows.Result(segs, np.array(rec["downbeats"]), tok.empty_notes())
 
+    real_load = analysis_scores.load_run
+
+    def load_with_ensemble(*a, **kw):  # the run's analysis default is a transposition ensemble (as the shipped one)
+        model, cfg = real_load(*a, **kw)
+        cfg.analyze.transpose = [0, 4, -4]
+        return model, cfg
+
     monkeypatch.setattr(analysis_scores, "label_songs", alternate)
+    monkeypatch.setattr(analysis_scores, "load_run", load_with_ensemble)
     res = analysis_scores.evaluate(str(runs["fa_self"]), sets=["synth_test"], decode="official", out_name="off.json")
     assert [c["seed"] for c in calls] == list(range(8))
     assert all(c["label_prompt"] == 16 and c["decode"] == "sample" and c["temperature"] == 1.0 for c in calls)
+    assert all(tuple(c["transpose"]) == (0,) for c in calls)  # the official protocol: no ensemble by default
+    assert res["transpose"] == [0]
     r = res["sets"]["synth_test"]
     assert r["majmin"] == pytest.approx(0.5) and r["downbeat_f"] == pytest.approx(1.0) and r["songs"] == 3
     assert res["decode"] == "official" and (runs["fa_self"] / "off.json").is_file()
+    calls.clear()  # other decodings keep the run's ensemble as their default
+    res = analysis_scores.evaluate(str(runs["fa_self"]), sets=["synth_test"], decode="greedy", out_name="g.json")
+    assert tuple(calls[0]["transpose"]) == (0, 4, -4) and res["transpose"] == [0, 4, -4]

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from m4m_fixtures import REPO, one_device_env, tiny_config
@@ -145,6 +146,17 @@ def test_measured_peak_is_a_plausible_matmul_rate():
     """The real measurement (a small matmul on every device at once) gives a finite, positive rate."""
     peak = metrics.measure_peak_flops(n=128, repeats=2)
     assert 1e6 < peak < 1e16
+
+
+def test_peak_is_measured_inside_a_run_whose_mesh_holds_fewer_devices():
+    """A run on a one-device mesh (train sets it as the context mesh) measures the peak on first use on a
+    machine with more devices (the fake 8 here); it used to fail there with 'incompatible devices'."""
+    import jax
+    from m4mjax.run import mesh as mesh_lib
+
+    assert len(jax.local_devices()) > 1
+    with mesh_lib.use_mesh(jax.sharding.Mesh(np.array(jax.local_devices()[:1]), ("data",))):
+        assert 1e6 < metrics.measure_peak_flops(n=64, repeats=1) < 1e16
 
 
 def test_progress_bar_yields_everything_and_ends_with_one_line_off_a_terminal():
