@@ -32,6 +32,9 @@ def defaults(kind: str = "audio", **model_overrides) -> ml_collections.ConfigDic
     c.seed = 0                          # id of the first seed; this run trains ids seed..seed+num_seeds-1 (id s is the same
                                         # model whether trained alone, --config.seed=s --config.num_seeds=1, or beside others)
     c.num_seeds = 1                     # independent models trained together (a vmapped leading axis)
+    c.init_from = ""                    # run directory or exported folder whose params start every seed (Adam state
+                                        # fresh); the run continues at its step, so the schedules (z ramp, teacher
+                                        # forcing) go on where it stopped (a campaign carried over from pretrained/)
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # seeds shard over data x fsdp
     model = ball_config(**model_overrides) if kind == "ball" else SPSConfig.from_mapping(model_overrides)
     c.model = ml_collections.ConfigDict(dataclasses.asdict(model))

@@ -56,6 +56,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -
         check_kind(cfg, mcfg)
     except ValueError as e:
         raise cli.UserError(str(e), "--config") from e
+    init_step = source_step(cfg.init_from) if cfg.get("init_from") else None  # a bad folder fails before the workdir
     cli.setup_workdir(workdir, cfg)
     mesh = mesh_lib.make_mesh(cfg.mesh)
     key = jax.random.key(0)  # one base key: seed id s owns fold_in(key, s), however the seeds are split into runs
@@ -88,6 +89,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -
             start, items, _ = restored
             state = state.replace(params=items["params"], opt_state=items["opt"])
             print(f"resumed from step {start}", file=sys.stderr)
+        elif init_step is not None:
+            start = init_step
+            state = state.replace(params=checkpoint.restore_params(cfg.init_from, state.params))
+            print(f"started from {cfg.init_from}'s weights at its step {start} (optimizer state fresh)", file=sys.stderr)
         progress = metrics_lib.Progress(cfg.train.steps, start, cfg.num_seeds, "seed-steps")
         tail = loop.StepTail(workdir, cfg.train.steps, start, cfg.train.log_every, ckpt, progress)
         for it in range(start, cfg.train.steps):
@@ -97,6 +102,20 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -
                 break
         tail.close()
         return tail.last
+
+
+def source_step(path: str) -> int:
+    """The training step of the weights ``init_from`` names: an exported folder's source.json step, else the run
+    directory's latest checkpoint."""
+    import os
+
+    src = os.path.join(path, "source.json")
+    if os.path.isfile(src):
+        return int(json.loads(open(src).read())["step"])
+    step = checkpoint.latest_step(path) if os.path.isdir(path) else None
+    if step is None:
+        raise cli.UserError("no checkpoint or exported weights here", f"--config.init_from={path}")
+    return int(step)
 
 
 def _loss_summary(m: dict) -> str:

@@ -37,3 +37,38 @@ def test_cpu_variant_documents_every_change_from_paper():
     changed = {k for k in paper if paper[k] != cpu[k]} - {"train.log_every", "train.ckpt_every"}
     documented = {k.strip() for key in (*exp.REDUCTIONS, *exp.DEVIATIONS) for k in key.split("/")}
     assert changed and changed <= documented, changed - documented
+
+
+def test_init_from_continues_a_run_from_its_weights_at_its_step(sps_tiny_root, tmp_path):
+    """--config.init_from=RUN: every seed starts from RUN's weights at RUN's step (Adam state fresh). The first
+    logged loss is computed before the update, from the weights and the step's batch and noise alone, so it must
+    equal RUN's own resumed step (wrong weights, or a step counter restarted at 0, give another loss)."""
+    import shutil
+
+    from m4mjax.run.checkpoint import latest_step
+    from m4mjax.run.cli import load_config
+    from m4mjax.run.errors import UserError
+    from symmetry import train
+
+    src = sps_tiny_root / "sps_vae_k4"
+    last = latest_step(str(src))
+    resumed = tmp_path / "resumed"
+    shutil.copytree(src, resumed)
+    cfg = load_config(str(resumed))
+    cfg.train.steps = last + 1
+    train.train(cfg, str(resumed))
+
+    cfg = load_config(str(src))
+    cfg.train.steps, cfg.init_from = last + 1, str(src)
+    train.train(cfg, str(tmp_path / "warm"))
+    rows = lambda wd: [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    warm, want = rows(tmp_path / "warm"), rows(resumed)[-1]
+    assert [r["step"] for r in warm] == [last + 1] == [want["step"]]
+    np.testing.assert_allclose(warm[0]["train/loss"], want["train/loss"], rtol=1e-5)
+    assert json.loads((tmp_path / "warm/config.json").read_text())["init_from"] == str(src)
+    cfg.init_from = str(tmp_path / "nowhere")
+    try:
+        train.train(cfg, str(tmp_path / "bad"))
+        raise AssertionError("a missing init_from must be refused")
+    except UserError as e:
+        assert "init_from" in str(e) and not (tmp_path / "bad").exists()

@@ -9,11 +9,13 @@
 # latent's spread, per-axis linear-projection MSE and 10-NN MSE per seed) into ROOT/ledger_k4.txt / ledger_k0.txt.
 # Niced; one training at a time. Env: ROOT (default workdirs/sps_campaign), PY (default .venv/bin/python),
 # VARIANT (default cpu_recipe; tiny for a smoke test), EXTRA (more --config.* flags, e.g. --config.model.z_norm=batch_var
-# with another ROOT).
+# with another ROOT), INIT (a folder prefix: kK starts from ${INIT}K's weights at their step, e.g.
+# INIT=pretrained/sps_ball_k to carry the campaign over to a new machine; a run with a checkpoint resumes it instead).
 set -uo pipefail
 [ $# -ge 1 ] || { echo "usage: $0 TARGET_STEP [SEEDS=3]" >&2; exit 2; }
 TARGET=$1; SEEDS=${2:-3}
 ROOT=${ROOT:-workdirs/sps_campaign}; PY=${PY:-.venv/bin/python}; VARIANT=${VARIANT:-cpu_recipe}; EXTRA=${EXTRA:-}
+INIT=${INIT:-}
 cd "$(dirname "$0")/../.." || exit 1
 mkdir -p "$ROOT"
 for K in 4 0; do
@@ -21,7 +23,7 @@ for K in 4 0; do
   # shellcheck disable=SC2086  # EXTRA: flags without spaces
   nice -n 10 "$PY" -m symmetry.train --config="experiments/symmetry/sps_video.py:$VARIANT" --workdir="$ROOT/k$K" \
     --config.model.K="$K" --config.num_seeds="$SEEDS" --config.train.steps="$TARGET" \
-    --config.train.ckpt_every=150 --config.train.ckpt_keep_every=150 $EXTRA 2>&1 \
+    --config.train.ckpt_every=150 --config.train.ckpt_keep_every=150 ${INIT:+--config.init_from="$INIT$K"} $EXTRA 2>&1 \
     | tr '\r' '\n' | grep --line-buffered -v -E "Generating|Shuffling|WARNING|^\s*$" | tail -n 3
   [ "${PIPESTATUS[0]}" = 0 ] || { echo "campaign: K=$K training failed (see above)" >&2; exit 1; }
 done
