@@ -74,10 +74,21 @@ def score_song(rec: dict[str, Any], segments: Sequence[tuple[int, int, str]],
 
 
 def summarize(scores: Sequence[dict[str, Any]], recs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Set-level scores (chord_eval.aggregate) plus how much music they cover."""
+    """Set-level scores (chord_eval.aggregate) plus how much music they cover and ``labels_sha1``, a fingerprint
+    of the songs' labels (frames and segments, in order): two rows are on the same songs only if it is equal (the
+    synthetic set is rendered on each machine, and a build elsewhere may differ)."""
     out = {k: round(v, 4) for k, v in chord_eval.aggregate(scores).items()}
-    out.update(songs=len(scores), hours=round(sum(r["seconds"] for r in recs) / 3600, 3))
+    out.update(songs=len(scores), hours=round(sum(r["seconds"] for r in recs) / 3600, 3),
+               labels_sha1=labels_fingerprint(recs))
     return out
+
+
+def labels_fingerprint(recs: Sequence[dict[str, Any]]) -> str:
+    """12 hex digits of sha1 over each labels.json record's n_frames and frame segments, in order."""
+    import hashlib
+
+    text = json.dumps([[int(r["n_frames"]), [[int(a), int(b), str(lab)] for a, b, lab in r["segments"]]] for r in recs])
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 def evaluate(workdir: str, cfg: Any = None, max_batches: int = 0, sets: Sequence[str] = tuple(SETS),

@@ -415,6 +415,21 @@ def test_baselines_score_the_template_matcher_on_clean_triads(analysis_dir, tmp_
     for name in analysis_scores.SETS:
         assert res["sets"][name]["template_bar"]["majmin"] == 1.0
         assert set(res["sets"][name]) == {"template_bar", "template_beat", "chorder"}
+    # every row names the songs' labels it was scored on: the same set gives the same fingerprint in every row,
+    # another set another one
+    fps = {name: {r["labels_sha1"] for r in res["sets"][name].values()} for name in analysis_scores.SETS}
+    assert all(len(f) == 1 for f in fps.values()) and fps["synth_test"] != fps["romantext"]
+
+
+def test_labels_fingerprint_changes_with_any_label_boundary_length_or_order():
+    a = {"n_frames": 32, "segments": [[0, 16, "C:maj"], [16, 32, "A:min"]]}
+    b = {"n_frames": 16, "segments": [[0, 16, "G:7"]]}
+    fp = analysis_scores.labels_fingerprint
+    assert fp([a, b]) == fp([dict(a), dict(b)]) and len(fp([a, b])) == 12
+    variants = [[dict(a, segments=[[0, 16, "C:maj"], [16, 32, "A:min7"]]), b],
+                [dict(a, segments=[[0, 8, "C:maj"], [8, 32, "A:min"]]), b],
+                [dict(a, n_frames=33), b], [b, a], [a]]
+    assert len({fp([a, b])} | {fp(v) for v in variants}) == 1 + len(variants)
 
 
 # ---------------------------------------------------------------------------------------- shipped weights
