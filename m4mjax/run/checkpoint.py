@@ -78,8 +78,8 @@ _TRACEBACK_PIECES = ("Traceback (most recent call last)", "RuntimeError", "Event
 def _settle_failed_reads(seconds: float = 1.0, deadline: float = 30.0) -> None:
     """A failed Orbax read leaves its worker threads (asyncio executor threads, ``asyncio_N``) finishing its other
     reads; they print "Event loop is closed" tracebacks straight to fd 2 (no Python hook sees them). Hold fd 2 in a
-    file for ``seconds`` and until those threads have ended (at most ``deadline`` s: a fixed wait was too short on a
-    loaded machine), then pass on everything else that was written meanwhile."""
+    file for ``seconds``, until those threads have ended and until ``seconds`` pass with nothing written (at most
+    ``deadline`` s: fixed waits were too short on a loaded machine), then pass on everything else written meanwhile."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as held:
@@ -90,6 +90,13 @@ def _settle_failed_reads(seconds: float = 1.0, deadline: float = 30.0) -> None:
             for t in threading.enumerate():
                 if t is not threading.current_thread() and t.name.startswith("asyncio_"):
                     t.join(max(end - time.monotonic(), 0.0))
+            written = -1  # then until nothing more arrives for ``seconds``: on a loaded machine other threads of
+            while time.monotonic() < end:  # the read were seen printing after those had ended
+                now = os.fstat(held.fileno()).st_size
+                if now == written:
+                    break
+                written = now
+                time.sleep(seconds)
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
