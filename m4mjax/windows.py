@@ -154,7 +154,7 @@ def vote(results: Sequence[Result], shifts: Sequence[int], n_frames: int) -> Res
     for f in range(n_frames):
         column = [p[f] for p in per]
         voted.append(max(column, key=lambda lab: (column.count(lab), -column.index(lab))))
-    segments = [(int(s), int(s + len(list(g))), lab) for s, lab, g in _runs(voted)]
+    segments = list(_runs(voted))
     downbeats = np.asarray(results[0].downbeats, np.int64)  # metre does not move with the key: the first shift's
     # (a frame-wise majority drops the downbeats of a bar whose phase the analyses disagree on: RomanText F 0.88 -> 0.83)
     chords = labels.chord_track([x for x in segments if x[2] not in ("N", "X")], n_frames, downbeats)
@@ -162,14 +162,14 @@ def vote(results: Sequence[Result], shifts: Sequence[int], n_frames: int) -> Res
 
 
 def _runs(seq: Sequence[str]):
-    """(start, value, items) per run of equal consecutive values."""
+    """(start, end, value) per run of equal consecutive values."""
     import itertools
 
     start = 0
     for value, group in itertools.groupby(seq):
-        items = list(group)
-        yield start, value, items
-        start += len(items)
+        end = start + sum(1 for _ in group)
+        yield start, end, value
+        start = end
 
 
 def decode_tokens(target_tokens: np.ndarray, n_frames: int) -> Result:
