@@ -122,14 +122,18 @@ def sps_loss(model: SPSModel, x: jax.Array, iteration: jax.Array, key: jax.Array
         inputs.append(g.apply(gp, zz))
         m = teacher_forcing_mask(mask_keys[1 + i], iteration, T, cfg)
         masks.append(jnp.broadcast_to(m[:, None], (T, K * B)))
-    pred = model.prior.rollout(jnp.concatenate(inputs), jnp.concatenate(masks, axis=1))   # [rows, T-1, p]
+    f0 = cfg.pred_loss_from  # predictions of frames f0..T-1 are scored (1: all of them)
+    if not 1 <= f0 < T:
+        raise ValueError(f"symmetry config: pred_loss_from={f0} must be in [1, {T}) for {T}-frame sequences")
+    pred = model.prior.rollout(jnp.concatenate(inputs), jnp.concatenate(masks, axis=1))[:, f0 - 1:]  # [rows, T-f0, p]
+    rest = rest[:, f0 - 1:]
 
     zhat = pred[:B]
-    terms["prior_z"] = cfg.w_prior_z * z_sq_sum(zhat, zp[:, 1:], zp, cfg.z_norm)
+    terms["prior_z"] = cfg.w_prior_z * z_sq_sum(zhat, zp[:, f0:], zp, cfg.z_norm)
     dec_in = [z, jnp.concatenate([zhat, rest], -1)]
     for i, (name, g) in enumerate(paths):
-        zt = g.inverse(params[i], pred[B + i * K * B: B + (i + 1) * K * B]).reshape(K, B, T - 1, p)
-        terms[f"sym_z/{name}"] = cfg.w_sym_z / K * z_sq_sum(zt, zp[None, :, 1:], zp, cfg.z_norm)
+        zt = g.inverse(params[i], pred[B + i * K * B: B + (i + 1) * K * B]).reshape(K, B, T - f0, p)
+        terms[f"sym_z/{name}"] = cfg.w_sym_z / K * z_sq_sum(zt, zp[None, :, f0:], zp, cfg.z_norm)
         if cfg.w_srs:
             terms[f"srs/{name}"] = cfg.w_srs / K * z_sq_sum(zt, zhat[None], zp, cfg.z_norm)
         dec_in.append(jnp.concatenate([zt, jnp.broadcast_to(rest, (K,) + rest.shape)], -1))
@@ -137,9 +141,9 @@ def sps_loss(model: SPSModel, x: jax.Array, iteration: jax.Array, key: jax.Array
     # one decoder call for self-recon, prior-recon and every symmetry path
     flat = jnp.concatenate([d.reshape(-1, z.shape[-1]) for d in dec_in])
     logits = model.decode(flat)
-    n_self, n_prior = B * T, B * (T - 1)
+    n_self, n_prior = B * T, B * (T - f0)
     terms["self_x"] = bce_sum(logits[:n_self].reshape(x.shape), x)
-    x_next = x[:, 1:]
+    x_next = x[:, f0:]
     terms["prior_x"] = cfg.w_prior_x * bce_sum(logits[n_self:n_self + n_prior].reshape(x_next.shape), x_next)
     off = n_self + n_prior
     for name, _ in paths:

@@ -63,6 +63,10 @@ class SPSConfig:
     z_norm: str = "none"                # z-space losses: 'none' (paper: summed squared error) | 'batch_var' (each
                                         # prior dim's error / that dim's variance of the encoder latent over the
                                         # batch and time, gradient through both: shrinking the latent buys nothing)
+    pred_loss_from: int = 1             # first predicted frame the prediction losses score (prior_z, prior_x, sym_*,
+                                        # srs): 1 = every prediction (paper); the authors' later ball code (3S,
+                                        # rnn_min_context) scores only frames >= 5, i.e. predictions with 5 frames of
+                                        # context; frames before it are neither scored nor decoded
     batch_size: int = 20
     learning_rate: float = 1e-3
 
@@ -93,6 +97,7 @@ class SPSConfig:
             (1 <= self.prior_dims <= self.latent_dim, f"prior_dims={self.prior_dims} must be in [1, latent_dim={self.latent_dim}]"),
             (self.K >= 0, f"K must be >= 0, got {self.K}"),
             (self.base_len >= 1, f"base_len must be >= 1, got {self.base_len}"),
+            (self.pred_loss_from >= 1, f"pred_loss_from must be >= 1, got {self.pred_loss_from}"),
             (all(0 <= i < self.prior_dims for i in self.translate_dims), f"translate_dims {self.translate_dims} must index the prior dims (< {self.prior_dims})"),
             (self.freq_bins >= 33 and self.frames >= 1, f"freq_bins must be >= 33 (got {self.freq_bins}), frames >= 1 (got {self.frames})"),
             (len(self.ball_channels) == 3 and min(self.ball_channels) >= 1, f"ball_channels must be 3 widths >= 1, got {self.ball_channels}"),

@@ -224,3 +224,31 @@ def test_z_norm_changes_only_the_z_space_terms():
             assert float(tn[k]) == float(tp[k]), k
     with pytest.raises(ValueError, match="z_norm"):
         ball_config(z_norm="layer", **TINY)
+
+
+def test_pred_loss_from_scores_only_the_later_predictions():
+    """pred_loss_from=f (the authors' later ball code scores predictions with >= 5 frames of context): prior_z and
+    prior_x are the identity path's errors on frames f..T-1 only. Expected values from the model's parts and numpy
+    (AE: z = mu; teacher forcing always on), for f = 1 (the paper: every prediction) and f = 3."""
+    x = jax.random.uniform(jax.random.key(1), (2, 7, 8, 8, 1))
+    base = dict(TINY, variant="ae", scheduled_sampling=False)
+    m = numpy_model(ball_config(**base))
+    sym = {}
+    for f in (1, 3):
+        cfg = ball_config(pred_loss_from=f, **base)
+        tot, t = _loss(cfg, m, 300, x)
+        mu = np.asarray(m.encode(x)[0], np.float64)
+        pred = m.prior.rollout(jnp.asarray(mu, jnp.float32), jnp.ones((7, 2), bool))  # [B, 6, 3]: frames 1..6
+        z_err = np.sum((np.asarray(pred, np.float64)[:, f - 1:] - mu[:, f:]) ** 2)
+        logits = np.asarray(m.decode(pred[:, f - 1:]), np.float64)
+        target = np.asarray(x, np.float64)[:, f:]
+        bce = np.sum(np.logaddexp(0.0, logits) - target * logits)
+        assert float(t["prior_z"]) == pytest.approx(cfg.w_prior_z * z_err, rel=1e-4)
+        assert float(t["prior_x"]) == pytest.approx(cfg.w_prior_x * bce, rel=1e-4)
+        assert float(tot) == pytest.approx(sum(float(v) for k, v in t.items() if k not in ("loss", "p_tf")), rel=1e-6)
+        sym[f] = {k: float(v) for k, v in t.items() if k.startswith(("sym_", "srs/"))}
+    assert all(0 < sym[3][k] < sym[1][k] for k in sym[1])  # the same rollouts, fewer frames scored
+    with pytest.raises(ValueError, match="pred_loss_from"):
+        _loss(ball_config(pred_loss_from=7, **base), m, 300, x)
+    with pytest.raises(ValueError, match="pred_loss_from"):
+        ball_config(pred_loss_from=0, **base)

@@ -15,7 +15,10 @@ reduction (its probes: nothing learns, docs/RESULTS.md); :paper keeps every swit
   batch_k/      (batch, K) in {(64,1), (32,2), (16,4), (8,8)} on 256 trajectories
   prior/        weak prior (z-pred weight 0.25, prior image-recon 0.125) and no prior loss, K = 4
 Switches to measure against :cpu_recipe (off in every variant): --config.model.z_norm=batch_var (the z-space losses
-divided per dim by the latent's batch variance, so shrinking the latent buys nothing; symmetry/losses.z_sq_sum).
+divided per dim by the latent's batch variance, so shrinking the latent buys nothing; symmetry/losses.z_sq_sum;
+measured in docs/RESULTS.md session 18: it stops the squeeze, linearity level at 450 steps);
+--config.model.pred_loss_from=5 (only predictions of frames >= 5 scored and decoded, as the authors' later ball code;
+not yet measured).
 """
 from m4mjax.run.cli import UserError
 from symmetry.config import GROUPS, defaults
