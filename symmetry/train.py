@@ -6,6 +6,7 @@ each seed's metrics are separate columns of metrics.jsonl. Re-running resumes; S
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import jax
@@ -107,11 +108,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -
 def source_step(path: str) -> int:
     """The training step of the weights ``init_from`` names: an exported folder's source.json step, else the run
     directory's latest checkpoint."""
-    import os
-
     src = os.path.join(path, "source.json")
     if os.path.isfile(src):
-        return int(json.loads(open(src).read())["step"])
+        with open(src) as f:
+            return int(json.load(f)["step"])
     step = checkpoint.latest_step(path) if os.path.isdir(path) else None
     if step is None:
         raise cli.UserError("no checkpoint or exported weights here", f"--config.init_from={path}")
