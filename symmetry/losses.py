@@ -77,6 +77,15 @@ def z_sq_sum(a: jax.Array, b: jax.Array, z: jax.Array, mode: str) -> jax.Array:
     return jnp.sum((a - b) ** 2 / var)
 
 
+def group_unit(zp: jax.Array, cfg: SPSConfig) -> jax.Array:
+    """The unit the groups act in (cfg.group_scale): 1 (paper), or with 'batch_std' the root of the mean variance
+    of the translate dims of the prior latent zp [B, T, p] over batch and time, without gradient."""
+    if cfg.group_scale == "none":
+        return jnp.ones((), zp.dtype)
+    var = jnp.var(zp.reshape(-1, zp.shape[-1]), axis=0)[jnp.asarray(cfg.translate_dims)]
+    return jax.lax.stop_gradient(jnp.sqrt(jnp.mean(var) + Z_NORM_EPS))
+
+
 def make_groups(cfg: SPSConfig) -> list[tuple[str, Group]]:
     """The augmentation paths of cfg: [] for K=0 or the beta-VAE baseline."""
     if cfg.K == 0 or not cfg.prior:
@@ -116,10 +125,11 @@ def sps_loss(model: SPSModel, x: jax.Array, iteration: jax.Array, key: jax.Array
     masks = [jnp.broadcast_to(teacher_forcing_mask(mask_keys[0], iteration, T, cfg)[:, None], (T, B))]
     params = []
     zz = jnp.tile(zp, (K, 1, 1))                                        # copy k of sequence b at row k*B + b
+    unit = group_unit(zp, cfg) if paths else None                      # groups act on z / unit
     for i, (_, g) in enumerate(paths):
         gp = g.sample(grp_keys[i], K * B)
         params.append(gp)
-        inputs.append(g.apply(gp, zz))
+        inputs.append(g.apply(gp, zz / unit) * unit)
         m = teacher_forcing_mask(mask_keys[1 + i], iteration, T, cfg)
         masks.append(jnp.broadcast_to(m[:, None], (T, K * B)))
     f0 = cfg.pred_loss_from  # predictions of frames f0..T-1 are scored (1: all of them)
@@ -132,7 +142,7 @@ def sps_loss(model: SPSModel, x: jax.Array, iteration: jax.Array, key: jax.Array
     terms["prior_z"] = cfg.w_prior_z * z_sq_sum(zhat, zp[:, f0:], zp, cfg.z_norm)
     dec_in = [z, jnp.concatenate([zhat, rest], -1)]
     for i, (name, g) in enumerate(paths):
-        zt = g.inverse(params[i], pred[B + i * K * B: B + (i + 1) * K * B]).reshape(K, B, T - f0, p)
+        zt = (g.inverse(params[i], pred[B + i * K * B: B + (i + 1) * K * B] / unit) * unit).reshape(K, B, T - f0, p)
         terms[f"sym_z/{name}"] = cfg.w_sym_z / K * z_sq_sum(zt, zp[None, :, f0:], zp, cfg.z_norm)
         if cfg.w_srs:
             terms[f"srs/{name}"] = cfg.w_srs / K * z_sq_sum(zt, zhat[None], zp, cfg.z_norm)

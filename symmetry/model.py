@@ -67,6 +67,10 @@ class SPSConfig:
                                         # srs): 1 = every prediction (paper); the authors' later ball code (3S,
                                         # rnn_min_context) scores only frames >= 5, i.e. predictions with 5 frames of
                                         # context; frames before it are neither scored nor decoded
+    group_scale: str = "none"           # units the groups act in: 'none' (paper: latent units, t ~ U(+-t_range)) |
+                                        # 'batch_std' (units of the latent's std over batch and time, the root-mean
+                                        # variance of the translate dims, no gradient: z' = s g(z / s), so a latent
+                                        # that grows or shrinks meets translations of the same relative size)
     batch_size: int = 20
     learning_rate: float = 1e-3
 
@@ -104,6 +108,7 @@ class SPSConfig:
             (self.image_size % 8 == 0, f"image_size must be a multiple of 8, got {self.image_size}"),
             (self.dec_offset in ("none", "fixed", "learnable"), f"dec_offset must be 'none', 'fixed' or 'learnable', got {self.dec_offset!r}"),
             (self.z_norm in ("none", "batch_var"), f"z_norm must be 'none' or 'batch_var', got {self.z_norm!r}"),
+            (self.group_scale in ("none", "batch_std"), f"group_scale must be 'none' or 'batch_std', got {self.group_scale!r}"),
             (0 <= self.z_ramp_start <= self.z_ramp_end, f"need 0 <= z_ramp_start ({self.z_ramp_start}) <= z_ramp_end ({self.z_ramp_end})"),
         ]
         for ok, msg in checks:

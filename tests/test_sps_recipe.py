@@ -252,3 +252,50 @@ def test_pred_loss_from_scores_only_the_later_predictions():
         _loss(ball_config(pred_loss_from=7, **base), m, 300, x)
     with pytest.raises(ValueError, match="pred_loss_from"):
         ball_config(pred_loss_from=0, **base)
+
+
+def test_group_scale_acts_in_units_of_the_latent_batch_std(monkeypatch):
+    """group_scale='batch_std': the groups act on z / s, s = root of the mean variance of the translate dims (0, 2)
+    over batch and time (numpy here). The prior is replaced by "copy the last input" (equivariant under any group in
+    any unit), so every symmetry path must give back the identity path's error exactly: that fails if the inverse
+    used another unit than the forward. The translate path's inputs minus the latent, / s, are one U(-1, 1) draw per
+    copy on dims 0 and 2 (none on dim 1); the rotation leaves dim 1 and the (0, 2) radius unchanged."""
+    from symmetry import model as model_lib
+
+    seen = []
+
+    def copy_prior(self, z, mask):
+        seen.append(np.asarray(z, np.float64))
+        return z[:, :-1]
+
+    monkeypatch.setattr(model_lib.Prior, "rollout", copy_prior)
+    x = jax.random.uniform(jax.random.key(1), (2, 7, 8, 8, 1))
+    base = dict(TINY, variant="ae", scheduled_sampling=False, groups=("translate", "rotate_y"))
+    m = numpy_model(ball_config(**base))
+    std = lambda mu: np.sqrt(np.mean(mu.reshape(-1, 3).var(0)[[0, 2]]))  # noqa: E731
+    c = 5.0 / std(np.asarray(m.encode(x)[0], np.float64))            # a latent far from unit scale: s = 5
+    m.encoder.mu.kernel[...] = m.encoder.mu.kernel[...] * c
+    m.encoder.mu.bias[...] = m.encoder.mu.bias[...] * c
+    mu = np.asarray(m.encode(x)[0], np.float64)                      # [B, T, 3]
+    s = std(mu)
+    assert s > 3.0
+    B, K = 2, 2
+    step_err = np.sum((mu[:, 1:] - mu[:, :-1]) ** 2)
+    for mode, unit in (("batch_std", s), ("none", 1.0)):
+        cfg = ball_config(group_scale=mode, **base)
+        seen.clear()
+        _, t = sps_loss(m, x, jnp.int32(300), jax.random.key(3), cfg)
+        assert float(t["prior_z"]) == pytest.approx(cfg.w_prior_z * step_err, rel=1e-5)
+        for g in ("translate", "rotate_y"):
+            assert float(t[f"sym_z/{g}"]) == pytest.approx(cfg.w_sym_z * step_err, rel=1e-4), (mode, g)
+        rows, tiled = seen[0], np.tile(mu, (K, 1, 1))
+        shift = (rows[B: B + K * B] - tiled) / unit                  # translate path
+        np.testing.assert_allclose(shift, np.broadcast_to(shift[:, :1], shift.shape), atol=1e-4)  # same every frame
+        np.testing.assert_allclose(shift[..., 1], 0.0, atol=1e-5)
+        assert np.abs(shift).max() <= 1.0 + 1e-4 and np.abs(shift).max() > 0.5
+        rot = rows[B + K * B:]                                       # rotation path: the same in both units
+        np.testing.assert_allclose(rot[..., 1], tiled[..., 1], rtol=1e-5)
+        np.testing.assert_allclose(np.hypot(rot[..., 0], rot[..., 2]), np.hypot(tiled[..., 0], tiled[..., 2]),
+                                   rtol=1e-4)
+    with pytest.raises(ValueError, match="group_scale"):
+        ball_config(group_scale="std", **TINY)

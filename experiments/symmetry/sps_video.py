@@ -18,7 +18,9 @@ Switches to measure against :cpu_recipe (off in every variant): --config.model.z
 divided per dim by the latent's batch variance, so shrinking the latent buys nothing; symmetry/losses.z_sq_sum;
 measured in docs/RESULTS.md session 18: it stops the squeeze, linearity level at 450 steps);
 --config.model.pred_loss_from=5 (only predictions of frames >= 5 scored and decoded, as the authors' later ball code;
-measured in session 18 from the campaign's step-450 state: no gain in linearity in 300 steps).
+measured in session 18 from the campaign's step-450 state: no gain in linearity in 300 steps);
+--config.model.group_scale=batch_std (the groups act in units of the latent's batch std, so with z_norm a latent
+that grows cannot shrink the translations relative to itself; symmetry/losses.group_unit).
 """
 from m4mjax.run.cli import UserError
 from symmetry.config import GROUPS, defaults
