@@ -14,11 +14,19 @@ from symmetry.groups import Group, make_group
 from symmetry.model import SPSConfig, SPSModel
 
 
-def teacher_forcing_prob(iteration: jax.Array, alpha: float, beta: float, iter_scale: float = 1.0) -> jax.Array:
-    """p_tf(iter) = alpha / (alpha + exp((iter * iter_scale + beta) / alpha)) (spec §4.4; iter_scale > 1 lets a
-    shorter run follow the paper's curve over its whole length)."""
-    it = jnp.asarray(iteration, jnp.float32) * iter_scale
+def teacher_forcing_prob(iteration: jax.Array, alpha: float, beta: float, iter_scale: float = 1.0,
+                         delay: int = 0) -> jax.Array:
+    """p_tf(iter) = alpha / (alpha + exp((i + beta) / alpha)) (spec §4.4) at schedule iteration i = iter * iter_scale
+    (iter_scale > 1 lets a shorter run follow the paper's curve over its whole length); with a delay, i = iter up to
+    it and delay + (iter - delay) * iter_scale after (the curve is continuous at the delay)."""
+    it = jnp.asarray(iteration, jnp.float32)
+    it = jnp.minimum(it, delay) + jnp.maximum(it - delay, 0.0) * iter_scale
     return alpha / (alpha + jnp.exp((it + beta) / alpha))
+
+
+def cfg_teacher_forcing_prob(iteration: jax.Array, cfg: SPSConfig) -> jax.Array:
+    """p_tf of a config at an iteration."""
+    return teacher_forcing_prob(iteration, cfg.ss_alpha, cfg.ss_beta, cfg.ss_iter_scale, cfg.ss_delay)
 
 
 def teacher_forcing_mask(key: jax.Array, iteration: jax.Array, length: int, cfg: SPSConfig) -> jax.Array:
@@ -27,7 +35,7 @@ def teacher_forcing_mask(key: jax.Array, iteration: jax.Array, length: int, cfg:
     t = jnp.arange(length)
     if not cfg.scheduled_sampling:
         return jnp.ones((length,), bool)
-    p = teacher_forcing_prob(iteration, cfg.ss_alpha, cfg.ss_beta, cfg.ss_iter_scale)
+    p = cfg_teacher_forcing_prob(iteration, cfg)
     return (t < cfg.base_len) | (jax.random.uniform(key, (length,)) <= p)
 
 
@@ -169,6 +177,6 @@ def _total(terms: dict[str, jax.Array], cfg: SPSConfig, iteration: jax.Array) ->
         w = extra["z_ramp"] = z_ramp_weight(iteration, cfg.z_ramp_start, cfg.z_ramp_end)
         terms = {k: v * w if k.startswith(Z_TERMS) else v for k, v in terms.items()}
     total = sum(terms.values())
-    out = dict(terms, loss=total, p_tf=teacher_forcing_prob(iteration, cfg.ss_alpha, cfg.ss_beta, cfg.ss_iter_scale),
+    out = dict(terms, loss=total, p_tf=cfg_teacher_forcing_prob(iteration, cfg),
                **extra)
     return total, out

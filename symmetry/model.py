@@ -50,6 +50,9 @@ class SPSConfig:
     ss_alpha: float = 2200.0
     ss_beta: float = 8000.0
     ss_iter_scale: float = 1.0          # iterations x this before the schedule (shortened runs keep the paper's curve)
+    ss_delay: int = 0                   # ss_iter_scale applies only after this iteration (schedule iteration = it up
+                                        # to it, then ss_delay + (it - ss_delay) x scale): teacher forcing stays on
+                                        # while the latent forms, then follows the paper's fall over fewer steps
     w_kl: float = 0.01
     w_prior_x: float = 1.0
     w_prior_z: float = 2.0
@@ -101,6 +104,7 @@ class SPSConfig:
             (1 <= self.prior_dims <= self.latent_dim, f"prior_dims={self.prior_dims} must be in [1, latent_dim={self.latent_dim}]"),
             (self.K >= 0, f"K must be >= 0, got {self.K}"),
             (self.base_len >= 1, f"base_len must be >= 1, got {self.base_len}"),
+            (self.ss_delay >= 0, f"ss_delay must be >= 0, got {self.ss_delay}"),
             (self.pred_loss_from >= 1, f"pred_loss_from must be >= 1, got {self.pred_loss_from}"),
             (all(0 <= i < self.prior_dims for i in self.translate_dims), f"translate_dims {self.translate_dims} must index the prior dims (< {self.prior_dims})"),
             (self.freq_bins >= 33 and self.frames >= 1, f"freq_bins must be >= 33 (got {self.freq_bins}), frames >= 1 (got {self.frames})"),

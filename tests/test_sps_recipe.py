@@ -299,3 +299,22 @@ def test_group_scale_acts_in_units_of_the_latent_batch_std(monkeypatch):
                                    rtol=1e-4)
     with pytest.raises(ValueError, match="group_scale"):
         ball_config(group_scale="std", **TINY)
+
+
+def test_ss_delay_holds_the_curve_then_follows_it_faster():
+    """ss_delay=d, ss_iter_scale=s: p_tf is the paper's curve (alpha 2200, beta 6000) at iteration i up to d and at
+    d + (i - d) * s after; hand values from the spec's formula p = a / (a + exp((i + b) / a))."""
+    from symmetry.losses import cfg_teacher_forcing_prob, teacher_forcing_mask
+
+    p = lambda i: 2200.0 / (2200.0 + np.exp((i + 6000.0) / 2200.0))  # noqa: E731
+    cfg = ball_config(ss_delay=1500, ss_iter_scale=26.7, **TINY)
+    for it, want in ((0, p(0)), (1000, p(1000)), (1500, p(1500)), (1800, p(1500 + 300 * 26.7)),
+                     (2100, p(1500 + 600 * 26.7))):
+        assert float(cfg_teacher_forcing_prob(it, cfg)) == pytest.approx(want, rel=1e-4), it
+    assert p(1500 + 600 * 26.7) < 0.05 < 0.98 < p(1500)                  # the fall happens within 600 steps
+    plain = ball_config(ss_iter_scale=26.7, **TINY)                      # delay 0: scaled from the start (the :cpu curve)
+    assert float(cfg_teacher_forcing_prob(300, plain)) == pytest.approx(p(300 * 26.7), rel=1e-4)
+    masks = np.stack([np.asarray(teacher_forcing_mask(jax.random.key(k), jnp.int32(2250), 20, cfg)) for k in range(50)])
+    assert masks[:, :5].all() and masks[:, 5:].mean() < 0.05           # base_len 5 teacher-forced, then free-running
+    with pytest.raises(ValueError, match="ss_delay"):
+        ball_config(ss_delay=-1, **TINY)
