@@ -101,6 +101,44 @@ def make_groups(cfg: SPSConfig) -> list[tuple[str, Group]]:
     return [(n, make_group(n, cfg.prior_dims, cfg.translate_dims, cfg.t_range)) for n in cfg.groups]
 
 
+def prior_paths(prior, zp: jax.Array, iteration: jax.Array, k_mask: jax.Array, k_grp: jax.Array,
+                cfg: SPSConfig) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
+    """The prior's rollouts on the identity path and K transformed copies per group path (ONE scan), and the
+    z-space terms. zp [B, T, p] -> (zhat [B, T-f0, p] the identity path's predictions of frames f0..T-1,
+    {group: its K copies' predictions mapped back, [K, B, T-f0, p]}, {prior_z, sym_z/<g>, srs/<g>: weighted, with 1/K,
+    before the z ramp}), f0 = cfg.pred_loss_from."""
+    B, T, p = zp.shape
+    K, paths = cfg.K, make_groups(cfg)
+    mask_keys = jax.random.split(k_mask, 1 + len(paths))
+    grp_keys = jax.random.split(k_grp, max(1, len(paths)))
+    # all rollouts in one scan: rows [identity B | path 1: K*B | path 2: K*B ...]
+    inputs = [zp]
+    masks = [jnp.broadcast_to(teacher_forcing_mask(mask_keys[0], iteration, T, cfg)[:, None], (T, B))]
+    params = []
+    zz = jnp.tile(zp, (K, 1, 1))                                        # copy k of sequence b at row k*B + b
+    unit = group_unit(zp, cfg) if paths else None                      # groups act on z / unit
+    for i, (_, g) in enumerate(paths):
+        gp = g.sample(grp_keys[i], K * B)
+        params.append(gp)
+        inputs.append(g.apply(gp, zz / unit) * unit)
+        m = teacher_forcing_mask(mask_keys[1 + i], iteration, T, cfg)
+        masks.append(jnp.broadcast_to(m[:, None], (T, K * B)))
+    f0 = cfg.pred_loss_from  # predictions of frames f0..T-1 are scored (1: all of them)
+    if not 1 <= f0 < T:
+        raise ValueError(f"symmetry config: pred_loss_from={f0} must be in [1, {T}) for {T}-frame sequences")
+    pred = prior.rollout(jnp.concatenate(inputs), jnp.concatenate(masks, axis=1))[:, f0 - 1:]  # [rows, T-f0, p]
+    zhat = pred[:B]
+    terms = {"prior_z": cfg.w_prior_z * z_sq_sum(zhat, zp[:, f0:], zp, cfg.z_norm)}
+    zts = {}
+    for i, (name, g) in enumerate(paths):
+        zt = (g.inverse(params[i], pred[B + i * K * B: B + (i + 1) * K * B] / unit) * unit).reshape(K, B, T - f0, p)
+        terms[f"sym_z/{name}"] = cfg.w_sym_z / K * z_sq_sum(zt, zp[None, :, f0:], zp, cfg.z_norm)
+        if cfg.w_srs:
+            terms[f"srs/{name}"] = cfg.w_srs / K * z_sq_sum(zt, zhat[None], zp, cfg.z_norm)
+        zts[name] = zt
+    return zhat, zts, terms
+
+
 def sps_loss(model: SPSModel, x: jax.Array, iteration: jax.Array, key: jax.Array,
              cfg: SPSConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
     """x [B, T, *frame] in [0,1] -> (total loss, dict of weighted terms + 'loss' + 'p_tf').
@@ -123,38 +161,13 @@ def sps_loss(model: SPSModel, x: jax.Array, iteration: jax.Array, key: jax.Array
         return _total(terms, cfg, iteration)
 
     p, K = cfg.prior_dims, cfg.K
-    zp, rest = z[..., :p], z[:, 1:, p:]
-    paths = make_groups(cfg)
-    mask_keys = jax.random.split(k_mask, 1 + len(paths))
-    grp_keys = jax.random.split(k_grp, max(1, len(paths)))
-
-    # all rollouts in one scan: rows [identity B | path 1: K*B | path 2: K*B ...]
-    inputs = [zp]
-    masks = [jnp.broadcast_to(teacher_forcing_mask(mask_keys[0], iteration, T, cfg)[:, None], (T, B))]
-    params = []
-    zz = jnp.tile(zp, (K, 1, 1))                                        # copy k of sequence b at row k*B + b
-    unit = group_unit(zp, cfg) if paths else None                      # groups act on z / unit
-    for i, (_, g) in enumerate(paths):
-        gp = g.sample(grp_keys[i], K * B)
-        params.append(gp)
-        inputs.append(g.apply(gp, zz / unit) * unit)
-        m = teacher_forcing_mask(mask_keys[1 + i], iteration, T, cfg)
-        masks.append(jnp.broadcast_to(m[:, None], (T, K * B)))
-    f0 = cfg.pred_loss_from  # predictions of frames f0..T-1 are scored (1: all of them)
-    if not 1 <= f0 < T:
-        raise ValueError(f"symmetry config: pred_loss_from={f0} must be in [1, {T}) for {T}-frame sequences")
-    pred = model.prior.rollout(jnp.concatenate(inputs), jnp.concatenate(masks, axis=1))[:, f0 - 1:]  # [rows, T-f0, p]
-    rest = rest[:, f0 - 1:]
-
-    zhat = pred[:B]
-    terms["prior_z"] = cfg.w_prior_z * z_sq_sum(zhat, zp[:, f0:], zp, cfg.z_norm)
+    zp = z[..., :p]
+    zhat, zts, z_terms = prior_paths(model.prior, zp, iteration, k_mask, k_grp, cfg)
+    terms.update(z_terms)
+    f0 = cfg.pred_loss_from
+    rest = z[:, f0:, p:]
     dec_in = [z, jnp.concatenate([zhat, rest], -1)]
-    for i, (name, g) in enumerate(paths):
-        zt = (g.inverse(params[i], pred[B + i * K * B: B + (i + 1) * K * B] / unit) * unit).reshape(K, B, T - f0, p)
-        terms[f"sym_z/{name}"] = cfg.w_sym_z / K * z_sq_sum(zt, zp[None, :, f0:], zp, cfg.z_norm)
-        if cfg.w_srs:
-            terms[f"srs/{name}"] = cfg.w_srs / K * z_sq_sum(zt, zhat[None], zp, cfg.z_norm)
-        dec_in.append(jnp.concatenate([zt, jnp.broadcast_to(rest, (K,) + rest.shape)], -1))
+    dec_in += [jnp.concatenate([zt, jnp.broadcast_to(rest, (K,) + rest.shape)], -1) for zt in zts.values()]
 
     # one decoder call for self-recon, prior-recon and every symmetry path
     flat = jnp.concatenate([d.reshape(-1, z.shape[-1]) for d in dec_in])
@@ -164,7 +177,7 @@ def sps_loss(model: SPSModel, x: jax.Array, iteration: jax.Array, key: jax.Array
     x_next = x[:, f0:]
     terms["prior_x"] = cfg.w_prior_x * bce_sum(logits[n_self:n_self + n_prior].reshape(x_next.shape), x_next)
     off = n_self + n_prior
-    for name, _ in paths:
+    for name in zts:
         lg = logits[off: off + K * n_prior].reshape((K,) + x_next.shape)
         terms[f"sym_x/{name}"] = cfg.w_sym_x / K * bce_sum(lg, x_next[None])
         off += K * n_prior
