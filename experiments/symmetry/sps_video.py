@@ -20,9 +20,12 @@ measured in docs/RESULTS.md session 18: it stops the squeeze, linearity level at
 --config.model.pred_loss_from=5 (only predictions of frames >= 5 scored and decoded, as the authors' later ball code;
 measured in session 18 from the campaign's step-450 state: no gain in linearity in 300 steps);
 --config.model.group_scale=batch_std (the groups act in units of the latent's batch std, so with z_norm a latent
-that grows cannot shrink the translations relative to itself; symmetry/losses.group_unit);
+that grows cannot shrink the translations relative to itself; symmetry/losses.group_unit; measured in session 19
+from the campaign's step-1,500 state: 0.629 vs 0.635 at 2,250, inside the seeds' spread);
 --config.model.ss_delay=N with --config.model.ss_iter_scale=S (teacher forcing at the paper's pace up to step N, then
-its fall S times faster: the prior free-runs once the latent holds position, as the paper's runs do for most steps).
+its fall S times faster: the prior free-runs once the latent holds position, as the paper's runs do for most steps;
+measured in session 19 with N = 1,500, S = 26.7: less linear, 0.690 at 2,250 and 0.697 at 2,700). Why neither moves
+the latent in hundreds of steps: experiments/symmetry/objective_probe.py and docs/RESULTS.md, session 19.
 """
 from m4mjax.run.cli import UserError
 from symmetry.config import GROUPS, defaults
