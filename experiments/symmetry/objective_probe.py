@@ -26,15 +26,17 @@ from flax import nnx
 from m4mjax.run import cli
 from symmetry import ball, data as data_lib
 from symmetry.losses import prior_paths
-from symmetry.model import Prior
+from symmetry.model import Prior, SPSConfig
 from symmetry.runs import load_seeds
 
 
 def latents(workdir: str, seed: int, scale: float, overrides: dict | None = None) -> tuple[dict, dict, object]:
     """{name: train latent [N, T, 3]}, {name: eval latent}, SPSConfig of the run (with model overrides)."""
     cfg, mcfg, graphdef, params = load_seeds(workdir)
-    mcfg = dataclasses.replace(mcfg, **(overrides or {}))
-    mcfg.validate()
+    try:
+        mcfg = SPSConfig.from_mapping(dataclasses.asdict(mcfg), **(overrides or {}))
+    except ValueError as e:
+        raise cli.UserError(str(e), "--set") from None
     one = jax.tree.map(lambda a: a[seed], params)
     encode = jax.jit(lambda xb: nnx.merge(graphdef, one).encode(xb.astype(jnp.float32) / 255.0)[0])
     out = []
