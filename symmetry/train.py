@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from m4mjax.run import checkpoint, cli, loop, mesh as mesh_lib, metrics as metrics_lib
-from symmetry import config as config_lib, data as data_lib, step as step_lib
+from symmetry import config as config_lib, data as data_lib, runs, step as step_lib
 
 
 def load_train_data(cfg: ml_collections.ConfigDict, mcfg) -> np.ndarray:
@@ -57,7 +57,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -
         check_kind(cfg, mcfg)
     except ValueError as e:
         raise cli.UserError(str(e), "--config") from e
-    init_step = source_step(cfg.init_from) if cfg.get("init_from") else None  # a bad folder fails before the workdir
+    init_step = runs.source_step(cfg.init_from) if cfg.get("init_from") else None  # a bad folder fails before the workdir
     cli.setup_workdir(workdir, cfg)
     mesh = mesh_lib.make_mesh(cfg.mesh)
     key = jax.random.key(0)  # one base key: seed id s owns fold_in(key, s), however the seeds are split into runs
@@ -103,19 +103,6 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -
                 break
         tail.close()
         return tail.last
-
-
-def source_step(path: str) -> int:
-    """The training step of the weights ``init_from`` names: an exported folder's source.json step, else the run
-    directory's latest checkpoint."""
-    src = os.path.join(path, "source.json")
-    if os.path.isfile(src):
-        with open(src) as f:
-            return int(json.load(f)["step"])
-    step = checkpoint.latest_step(path) if os.path.isdir(path) else None
-    if step is None:
-        raise cli.UserError("no checkpoint or exported weights here", f"--config.init_from={path}")
-    return int(step)
 
 
 def _loss_summary(m: dict) -> str:
