@@ -2,6 +2,7 @@
 there); data knobs are symmetry.data.default_data_config(); run knobs are below."""
 from __future__ import annotations
 
+import ast
 import dataclasses
 
 import ml_collections
@@ -61,3 +62,16 @@ def defaults(kind: str = "audio", **model_overrides) -> ml_collections.ConfigDic
 def model_config(cfg: ml_collections.ConfigDict) -> SPSConfig:
     """The validated SPSConfig of a run (unknown keys are an error naming the key)."""
     return SPSConfig.from_mapping(cfg.model.to_dict())
+
+
+def parse_sets(items: list[str]) -> dict:
+    """['key=value', ...] (a probe's --set flags) -> {key: value}, values read as Python literals where they parse
+    (1e-3, (0, 2), True), else kept as strings ('batch_var')."""
+    out = {}
+    for kv in items:
+        k, _, v = kv.partition("=")
+        try:
+            out[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            out[k] = v
+    return out

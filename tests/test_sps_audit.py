@@ -3,6 +3,7 @@ hand (frame ranges from spec §4.4 / §5, the camera geometry of test_sps_video)
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from experiments.symmetry import audit
 from sps_fixtures import numpy_model
@@ -92,3 +93,30 @@ def test_prediction_baselines_by_hand():
     np.testing.assert_allclose(err["copy last (tf)"], one_step, rtol=1e-6)
     np.testing.assert_allclose(err["copy last (free)"], one_step * np.mean(np.arange(1, T - 2) ** 2), rtol=1e-6)
     np.testing.assert_allclose(rep["ball_nats"]["mean frame (no position)"], 0.0, atol=1e-6)   # logit 0 = the 0.5 targets
+
+
+def test_parse_sets_reads_literals_and_keeps_names():
+    from symmetry.config import parse_sets
+    assert parse_sets(["w_srs=20.0", "translate_dims=(0, 2)", "z_norm=batch_var", "prior=False"]) == {
+        "w_srs": 20.0, "translate_dims": (0, 2), "z_norm": "batch_var", "prior": False}
+
+
+def test_stability_probe_anchor_pulls_the_latent_to_the_position():
+    """experiments.symmetry.stability_probe.make_step: with the anchor on, the encoder means approach the given
+    positions; with it off (the same steps), they do not."""
+    from experiments.symmetry.stability_probe import make_step
+    from symmetry import step as step_lib
+
+    cfg = ball_config(**dict(TINY, batch_size=4), learning_rate=1e-2)
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.integers(0, 256, (4, 6, 8, 8, 1)), jnp.uint8)
+    pos = jnp.asarray(rng.normal(size=(4, 6, 3)), jnp.float32)
+    state = step_lib.init_state(cfg, 1, jax.random.key(0))
+    dist = {}
+    for anchor in (0.0, 100.0):
+        step, params, opt = make_step(cfg, state.graphdef, anchor), state.params, state.opt_state
+        for i in range(40):
+            params, opt, loss = step(params, opt, state.seed_ids, x, pos, jnp.int32(0), jax.random.key(i))
+        mu = nnx.merge(state.graphdef, jax.tree.map(lambda a: a[0], params)).encode(x.astype(jnp.float32) / 255.0)[0]
+        dist[anchor] = float(jnp.mean(jnp.sum((mu - pos) ** 2, -1)))
+    assert dist[100.0] < 0.4 * dist[0.0], dist                                        # ignored anchor: ~1

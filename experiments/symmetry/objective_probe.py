@@ -14,7 +14,6 @@ clearly below the others', the objective gives the encoder no reason to straight
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
 
 import jax
@@ -24,7 +23,7 @@ import optax
 from flax import nnx
 
 from m4mjax.run import cli
-from symmetry import ball, data as data_lib
+from symmetry import ball, config as config_lib, data as data_lib
 from symmetry.losses import prior_paths
 from symmetry.model import Prior, SPSConfig
 from symmetry.runs import load_seeds
@@ -98,14 +97,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="override a model config field for the priors, e.g. --set group_scale=batch_std")
     with cli.report_errors("experiments.symmetry.objective_probe"):
         a = p.parse_args(argv)
-        over = {}
-        for kv in a.set:
-            k, _, v = kv.partition("=")
-            try:
-                over[k] = ast.literal_eval(v)
-            except (ValueError, SyntaxError):
-                over[k] = v
-        train, held, mcfg = latents(a.workdir, a.seed, a.scale, over)
+        train, held, mcfg = latents(a.workdir, a.seed, a.scale, config_lib.parse_sets(a.set))
         print(f"K={mcfg.K} groups={mcfg.groups} z_norm={mcfg.z_norm} group_scale={mcfg.group_scale} "
               f"iteration {a.iteration} steps {a.steps}; held-out z-space terms per sequence:")
         for name in train:
