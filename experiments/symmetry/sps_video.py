@@ -25,7 +25,10 @@ from the campaign's step-1,500 state: 0.629 vs 0.635 at 2,250, inside the seeds'
 --config.model.ss_delay=N with --config.model.ss_iter_scale=S (teacher forcing at the paper's pace up to step N, then
 its fall S times faster: the prior free-runs once the latent holds position, as the paper's runs do for most steps;
 measured in session 19 with N = 1,500, S = 26.7: less linear, 0.690 at 2,250 and 0.697 at 2,700). Why neither moves
-the latent in hundreds of steps: experiments/symmetry/objective_probe.py and docs/RESULTS.md, session 19.
+the latent in hundreds of steps: experiments/symmetry/objective_probe.py and docs/RESULTS.md, session 19. The checks
+that rule out a defect (data round trip, loss positions, teacher-forced vs free-running, one-batch fit):
+experiments/symmetry/audit.py; whether a linear latent, once found, is held (K = 4 vs K = 0):
+experiments/symmetry/stability_probe.py (docs/RESULTS.md, session 20: it is not, at these budgets).
 """
 from m4mjax.run.cli import UserError
 from symmetry.config import GROUPS, defaults
