@@ -113,10 +113,12 @@ def test_stability_probe_anchor_pulls_the_latent_to_the_position():
     pos = jnp.asarray(rng.normal(size=(4, 6, 3)), jnp.float32)
     state = step_lib.init_state(cfg, 1, jax.random.key(0))
     dist = {}
+    step = make_step(cfg, state.graphdef)
     for anchor in (0.0, 100.0):
-        step, params, opt = make_step(cfg, state.graphdef, anchor), state.params, state.opt_state
+        params, opt = state.params, state.opt_state
         for i in range(40):
-            params, opt, loss = step(params, opt, state.seed_ids, x, pos, jnp.int32(0), jax.random.key(i))
+            params, opt, loss = step(params, opt, state.seed_ids, x, pos, jnp.int32(0), jax.random.key(i),
+                                     jnp.float32(anchor))
         mu = nnx.merge(state.graphdef, jax.tree.map(lambda a: a[0], params)).encode(x.astype(jnp.float32) / 255.0)[0]
         dist[anchor] = float(jnp.mean(jnp.sum((mu - pos) ** 2, -1)))
     assert dist[100.0] < 0.4 * dist[0.0], dist                                        # ignored anchor: ~1

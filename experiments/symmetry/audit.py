@@ -102,11 +102,13 @@ def loss_positions(model, x: jax.Array, iteration: int, mcfg) -> dict:
     T = x.shape[1]
     proxy = _FixedInput(model, x)
     key = jax.random.key(0)
-    names = [k for k in sps_loss(proxy, x, jnp.int32(iteration), key, mcfg)[1] if k not in ("loss", "p_tf", "z_ramp")]
+    it = jnp.int32(iteration)
+    names = [k for k in sps_loss(proxy, x, it, key, mcfg)[1] if k not in ("loss", "p_tf", "z_ramp")]
+    terms = lambda xt: jnp.stack([sps_loss(proxy, xt, it, key, mcfg)[1][n] for n in names])  # noqa: E731
+    jac = np.asarray(jax.jit(jax.jacrev(terms))(x)).reshape(len(names), x.shape[0], T, -1)   # one VJP per term
     out = {}
-    for name in names:
-        g = jax.grad(lambda xt, n=name: sps_loss(proxy, xt, jnp.int32(iteration), key, mcfg)[1][n])(x)
-        hit = np.flatnonzero(np.abs(np.asarray(g)).reshape(x.shape[0], T, -1).sum((0, 2)) > 0) + 1
+    for name, g in zip(names, jac):
+        hit = np.flatnonzero(np.abs(g).sum((0, 2)) > 0) + 1
         out[name] = (hit.tolist(), expected_target_frames(name, mcfg, T))
     return out
 

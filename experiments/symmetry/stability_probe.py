@@ -32,12 +32,12 @@ from symmetry.model import SPSConfig
 VIDEO = "experiments/symmetry/sps_video.py"
 
 
-def make_step(mcfg: SPSConfig, graphdef, anchor: float):
-    """Jitted step over a seed axis: (params, opt, seed_ids, x uint8 [N, T, ...], pos [N, T, 3], it, key) ->
+def make_step(mcfg: SPSConfig, graphdef):
+    """Jitted step over a seed axis: (params, opt, seed_ids, x uint8 [N, T, ...], pos [N, T, 3], it, key, anchor) ->
     (params, opt, loss [seeds]); the anchor term (weight ``anchor``, 0 = off) pulls the encoder means to pos."""
     tx = step_lib.make_optimizer(mcfg)
 
-    def one(params, opt, seed_id, x_all, pos_all, it, key):
+    def one(params, opt, seed_id, x_all, pos_all, it, key, anchor):
         kb, kl = jax.random.split(jax.random.fold_in(key, seed_id))
         idx = jax.random.choice(kb, x_all.shape[0], (mcfg.batch_size,), replace=False)
         x, pos = x_all[idx].astype(jnp.float32) / 255.0, pos_all[idx]
@@ -45,15 +45,14 @@ def make_step(mcfg: SPSConfig, graphdef, anchor: float):
         def loss_fn(p):
             model = nnx.merge(graphdef, p)
             total, terms = sps_loss(model, x, it, kl, mcfg)
-            if anchor:
-                total = total + anchor * jnp.sum((model.encode(x)[0][..., :3] - pos) ** 2)
+            total = total + anchor * jnp.sum((model.encode(x)[0][..., :3] - pos) ** 2)
             return total, terms["loss"]
 
         (_, loss), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
         u, opt = tx.update(g, opt, params)
         return optax.apply_updates(params, u), opt, loss
 
-    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None, None, None, None)))
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None, None, None, None, None)))
 
 
 def scores(encode, params, x: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,19 +86,21 @@ def run(anchor_steps: int, free_steps: int, every: int, iteration: int, seeds: i
         lin, nn = scores(encode, params, xh, ph)
         return f"  {tag:16s} " + " / ".join(f"{a:.3f} | {b:.3f}" for a, b in zip(lin, nn)) + f"   mean linear {lin.mean():.3f}"
 
-    step = make_step(mcfg, graphdef, anchor)
+    step = make_step(mcfg, graphdef)
     params, opt = state.params, state.opt_state
     for i in range(anchor_steps):
-        params, opt, _ = step(params, opt, state.seed_ids, x_all, pos_all, it, jax.random.fold_in(key, i))
+        params, opt, _ = step(params, opt, state.seed_ids, x_all, pos_all, it, jax.random.fold_in(key, i),
+                              jnp.float32(anchor))
     lines.append(fmt(f"anchored {anchor_steps}", params))
     print(lines[0] + "\n" + lines[-1], flush=True)
     start = params
     for K in (4, 0):
         kcfg = SPSConfig.from_mapping(dict(dataclasses.asdict(mcfg), K=K))
-        step = make_step(kcfg, graphdef, 0.0)
+        step = make_step(kcfg, graphdef)
         params, opt = start, jax.vmap(step_lib.make_optimizer(kcfg).init)(start)
         for i in range(1, free_steps + 1):
-            params, opt, _ = step(params, opt, state.seed_ids, x_all, pos_all, it, jax.random.fold_in(key, 10**6 + i))
+            params, opt, _ = step(params, opt, state.seed_ids, x_all, pos_all, it, jax.random.fold_in(key, 10**6 + i),
+                                  jnp.float32(0.0))
             if i % every == 0:
                 lines.append(fmt(f"K={K} free {i}", params))
                 print(lines[-1], flush=True)
