@@ -6,7 +6,6 @@ each seed's metrics are separate columns of metrics.jsonl. Re-running resumes; S
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import jax

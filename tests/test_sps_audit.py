@@ -117,7 +117,7 @@ def test_stability_probe_anchor_pulls_the_latent_to_the_position():
     for anchor in (0.0, 100.0):
         params, opt = state.params, state.opt_state
         for i in range(40):
-            params, opt, loss = step(params, opt, state.seed_ids, x, pos, jnp.int32(0), jax.random.key(i),
+            params, opt, _ = step(params, opt, state.seed_ids, x, pos, jnp.int32(0), jax.random.key(i),
                                      jnp.float32(anchor))
         mu = nnx.merge(state.graphdef, jax.tree.map(lambda a: a[0], params)).encode(x.astype(jnp.float32) / 255.0)[0]
         dist[anchor] = float(jnp.mean(jnp.sum((mu - pos) ** 2, -1)))
