@@ -122,3 +122,68 @@ def test_stability_probe_anchor_pulls_the_latent_to_the_position():
         mu = nnx.merge(state.graphdef, jax.tree.map(lambda a: a[0], params)).encode(x.astype(jnp.float32) / 255.0)[0]
         dist[anchor] = float(jnp.mean(jnp.sum((mu - pos) ** 2, -1)))
     assert dist[100.0] < 0.4 * dist[0.0], dist                                        # ignored anchor: ~1
+
+
+def test_stability_probe_true_latent_feeds_the_position_not_the_encoder():
+    """With true_latent and the anchor off, the SPS loss is taken on the positions: the encoder's mean head gets no
+    gradient (it would if the loss read the encoder's means), while the decoder still learns."""
+    from experiments.symmetry.stability_probe import make_step
+
+    cfg = ball_config(**dict(TINY, batch_size=4), learning_rate=1e-2)
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.integers(0, 256, (4, 6, 8, 8, 1)), jnp.uint8)
+    pos = jnp.asarray(rng.normal(size=(4, 6, 3)), jnp.float32)
+    state = step_lib.init_state(cfg, 1, jax.random.key(0))
+    moved = {}
+    for true_latent in (True, False):
+        params, opt, _ = make_step(cfg, state.graphdef, true_latent)(
+            state.params, state.opt_state, state.seed_ids, x, pos, jnp.int32(0), jax.random.key(1), jnp.float32(0.0))
+        delta = lambda get: float(jnp.abs(get(params) - get(state.params)).max())  # noqa: E731
+        moved[true_latent] = (delta(lambda p: p["encoder"]["mu"]["kernel"][...]),
+                              delta(lambda p: p["decoder"]["mlp"][0]["kernel"][...]))
+    assert moved[True][0] == 0.0 and moved[True][1] > 0, moved
+    assert moved[False][0] > 0, moved
+
+
+def test_stability_probe_phases_resume_where_they_stopped(tmp_path):
+    """_train: one step counter over the phases, reports at every N steps and each phase's end; a second call with a
+    longer phase list resumes from the saved step (only the new steps run) and ends where one long call ends."""
+    from experiments.symmetry.stability_probe import _train
+
+    _, params = nnx.split(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), nnx.Param)
+    opt = {"count": jnp.zeros((), jnp.int32)}
+    calls, tags = [], []
+
+    def step(p, o, s):
+        calls.append(s)
+        return jax.tree.map(lambda a: a * 2.0 + s, p), {"count": o["count"] + 1}
+
+    report = lambda tag, p: tags.append(tag)  # noqa: E731
+    short = [("s", 3, step), ("a", 2, step)]
+    _train(str(tmp_path / "run"), short, params, opt, 2, report)
+    assert calls == [0, 1, 2, 3, 4] and tags == ["s 2", "s 3", "a 2"]
+    calls.clear(), tags.clear()
+    resumed = _train(str(tmp_path / "run"), short + [("b", 3, step)], params, opt, 2, report)
+    assert calls == [5, 6, 7] and tags == ["b 2", "b 3"]
+    whole = _train(None, short + [("b", 3, step)], params, opt, 2, report)
+    for got, want in zip(jax.tree.leaves(resumed), jax.tree.leaves(whole)):
+        np.testing.assert_array_equal(got, want)
+    assert int(resumed[1]["count"]) == 8
+
+
+def test_non_affine_part_of_a_push():
+    """rms_and_non_affine: a push affine in the position has no non-affine part; adding a push orthogonal to every
+    affine function of the positions (built here by hand) leaves exactly that push's RMS."""
+    from experiments.symmetry.stability_probe import rms_and_non_affine
+
+    pos = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]], float)
+    affine = pos @ np.array([[1.0, 2, 0], [0, 1, 0], [3, 0, 1]]) + np.array([0.5, -1, 2])
+    rms, twist = rms_and_non_affine(affine, pos)
+    np.testing.assert_allclose(rms, np.sqrt(np.mean(np.sum(affine ** 2, -1))))
+    assert twist < 1e-9
+    # e = (2, -1, -1, -1, 1): sums to 0 and is orthogonal to each position column (by hand; asserted below)
+    e = np.array([2.0, -1, -1, -1, 1])
+    assert abs(e.sum()) < 1e-12 and np.allclose(pos.T @ e, 0)
+    push = np.stack([e, 0 * e, 2 * e], 1)
+    _, twist = rms_and_non_affine(affine + push, pos)
+    np.testing.assert_allclose(twist, np.sqrt(np.mean(np.sum(push ** 2, -1))))

@@ -131,13 +131,14 @@ def rollout_reads(prior, zp: jax.Array, base_len: int) -> dict:
     return out
 
 
-def _entropy(x: np.ndarray) -> np.ndarray:
+def frame_entropy(x: np.ndarray) -> np.ndarray:
     """Summed binary entropy of each frame's pixels [N, T] (the floor of the BCE against those targets)."""
     p = np.clip(x.astype(np.float64), 1e-12, 1 - 1e-12)
     return -(p * np.log(p) + (1 - p) * np.log(1 - p)).reshape(x.shape[:2] + (-1,)).sum(-1)
 
 
-def _bce(logits: np.ndarray, x: np.ndarray) -> np.ndarray:
+def frame_bce(logits: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Summed BCE of sigmoid(logits) against x per frame [N, T] (float64)."""
     lg, y = logits.astype(np.float64), x.astype(np.float64)
     v = np.maximum(lg, 0) - lg * y + np.log1p(np.exp(-np.abs(lg)))
     return v.reshape(v.shape[:2] + (-1,)).sum(-1)
@@ -166,14 +167,14 @@ def prediction_report(model, mcfg, x: np.ndarray, pos: np.ndarray, mean_frame: n
     lat = {"prior teacher-forced": err(preds["teacher-forced"]), "prior free-running": err(preds["free-running"]),
            "copy last (tf)": err(copy_tf), "constant velocity (tf)": err(vel_tf),
            "copy last (free)": err(copy_fr), "constant velocity (free)": err(vel_fr)}
-    ent = _entropy(x)
+    ent = frame_entropy(x)
     rest = mu[:, 1:, p:]
     dec = jax.jit(lambda z: model.decode(z))
-    nats = {"mean frame (no position)": float(np.mean(_bce(np.broadcast_to(mean_frame, x.shape), x) - ent)),
-            "self-reconstruction": float(np.mean(_bce(np.asarray(dec(jnp.asarray(mu))), x) - ent))}
+    nats = {"mean frame (no position)": float(np.mean(frame_bce(np.broadcast_to(mean_frame, x.shape), x) - ent)),
+            "self-reconstruction": float(np.mean(frame_bce(np.asarray(dec(jnp.asarray(mu))), x) - ent))}
     for k, z in preds.items():
         lg = np.asarray(dec(jnp.asarray(np.concatenate([z, rest], -1))))
-        nats[f"prediction {k}"] = float(np.mean((_bce(lg, x[:, 1:]) - ent[:, 1:])[:, later]))
+        nats[f"prediction {k}"] = float(np.mean((frame_bce(lg, x[:, 1:]) - ent[:, 1:])[:, later]))
     lp = metrics.linear_projection_mse(mu.reshape(-1, mu.shape[-1]), pos.reshape(-1, 3))
     nn = metrics.knn_mse(mu.reshape(-1, mu.shape[-1]), pos.reshape(-1, 3), k=10)
     return {"latent_err": lat, "ball_nats": nats, "linear": float(lp["mean"]), "linear_per_axis": lp["per_axis"],
