@@ -187,3 +187,15 @@ def test_non_affine_part_of_a_push():
     push = np.stack([e, 0 * e, 2 * e], 1)
     _, twist = rms_and_non_affine(affine + push, pos)
     np.testing.assert_allclose(twist, np.sqrt(np.mean(np.sum(push ** 2, -1))))
+
+
+def test_stability_probe_reinit_resets_only_the_named_nets():
+    from experiments.symmetry.stability_probe import reinit_parts
+
+    cfg = ball_config(**TINY)
+    fresh = step_lib.init_state(cfg, 1, jax.random.key(0)).params
+    trained = jax.tree.map(lambda a: a + 1.0, fresh)
+    out = reinit_parts(trained, fresh, ("encoder",))
+    np.testing.assert_array_equal(out["encoder"]["mu"]["kernel"][...], fresh["encoder"]["mu"]["kernel"][...])
+    np.testing.assert_array_equal(out["decoder"]["mlp"][0]["kernel"][...], trained["decoder"]["mlp"][0]["kernel"][...])
+    np.testing.assert_array_equal(out["prior"]["readout"]["kernel"][...], trained["prior"]["readout"]["kernel"][...])

@@ -28,7 +28,8 @@ measured in session 19 with N = 1,500, S = 26.7: less linear, 0.690 at 2,250 and
 the latent in hundreds of steps: experiments/symmetry/objective_probe.py and docs/RESULTS.md, session 19. The checks
 that rule out a defect (data round trip, loss positions, teacher-forced vs free-running, one-batch fit):
 experiments/symmetry/audit.py; whether a linear latent, once found, is held (K = 4 vs K = 0):
-experiments/symmetry/stability_probe.py (docs/RESULTS.md, session 20: it is not, at these budgets).
+experiments/symmetry/stability_probe.py (docs/RESULTS.md, session 21: with a decoder and prior trained on the true
+latent it is held, under K = 4, K = 0 and a plain VAE alike; session 20's loss came from young nets).
 """
 from m4mjax.run.cli import UserError
 from symmetry.config import GROUPS, defaults

@@ -2,7 +2,7 @@
 
   python -m experiments.symmetry.stability_probe [--workdir=DIR] [--supervised-steps=0] [--supervised-k=0]
       [--anchor-steps=450] [--free-steps=900] [--every=150] [--arms=k4,k0] [--adam=fresh] [--iteration=40000]
-      [--seeds=2] [--anchor=100] [--forces=0] [--set key=value ...]
+      [--seeds=2] [--anchor=100] [--forces=0] [--reinit=NETS] [--set key=value ...]
 
 Fresh models (sps_video.py:cpu_recipe with the --set overrides), all phases at the teacher forcing and z ramp of
 --iteration (default 40,000: free-running, where the paper's runs spend most of their steps; z ramp at 1):
@@ -13,7 +13,8 @@ S  (--supervised-steps): the decoder and prior learn the SPS loss on the TRUE la
 A  (--anchor-steps): the SPS loss (K = 4) on the encoder's own latent plus the anchor term.
 B  from A's weights, the SPS loss alone, one run per arm: k4 (K = 4), k0 (K = 0), vae (prior off: self-reconstruction
    + KL only: what reconstruction alone does to the latent); --adam=carry continues A's Adam moments, fresh starts
-   new ones (session 20's runs).
+   new ones (session 20's runs). --reinit=encoder,decoder starts those nets of every arm afresh (with --adam=fresh):
+   a route probe, whether the arm's objective finds the latent the kept nets were trained on.
 Scores every --every steps, per seed on 128 held-out trajectories: linear-projection | 10-NN MSE of the encoder means
 against the centre (world units: x, height, depth; the groups' own), and the self-reconstruction's ball nats (BCE
 above the frames' own entropy, per frame: how well the decoder draws the ball). With --workdir, S + A run as one
@@ -23,7 +24,8 @@ term's gradient on the encoder means over N held-out trajectories (seed 0), and 
 the position, i.e. the term's push to bend the latent (twist_forces).
 Reading: if k4 keeps the linear latent and k0 loses it, the objective holds linearity once found and a campaign
 lacks only reaching it; if both lose it alike, the symmetry terms do not resist what pulls the latent away (vae says
-whether reconstruction alone does).
+whether reconstruction alone does); if both keep it (session 21, after 6,000 supervised steps), holding does not
+separate them and the question is the route (--reinit).
 """
 from __future__ import annotations
 
@@ -159,6 +161,21 @@ def _train(ckdir: str | None, phases: list, params, opt, every: int, report) -> 
     return params, opt
 
 
+NETS = ("encoder", "decoder", "prior")
+
+
+def reinit_parts(params, init, parts: tuple[str, ...]):
+    """params with the named nets (of NETS) set back to their values in ``init`` (the fresh models)."""
+    if not parts:
+        return params
+    d, fresh = nnx.to_pure_dict(params), nnx.to_pure_dict(init)
+    for part in parts:
+        d[part] = fresh[part]
+    out = jax.tree.map(lambda a: a, params)
+    nnx.replace_by_pure_dict(out, d)
+    return out
+
+
 def _read_lines(path: str | None) -> list[str]:
     if not path or not os.path.isfile(path):
         return []
@@ -168,7 +185,8 @@ def _read_lines(path: str | None) -> list[str]:
 
 def run(anchor_steps: int, free_steps: int, every: int, iteration: int, seeds: int, anchor: float,
         overrides: dict, workdir: str | None = None, supervised_steps: int = 0, supervised_k: int = 0,
-        arms: tuple[str, ...] = ("k4", "k0"), adam: str = "fresh", n_forces: int = 0) -> list[str]:
+        arms: tuple[str, ...] = ("k4", "k0"), adam: str = "fresh", n_forces: int = 0,
+        reinit: tuple[str, ...] = ()) -> list[str]:
     cfg = load_experiment(VIDEO).get_config("cpu_recipe")
     try:
         mcfg = SPSConfig.from_mapping(dict(dataclasses.asdict(config_lib.model_config(cfg)), K=4, **overrides))
@@ -176,6 +194,9 @@ def run(anchor_steps: int, free_steps: int, every: int, iteration: int, seeds: i
         s_cfg = SPSConfig.from_mapping(dict(dataclasses.asdict(mcfg), K=supervised_k))
     except (KeyError, ValueError) as e:
         raise cli.UserError(f"{e} (arms: {', '.join(ARMS)})", "--set / --arms") from None
+    if set(reinit) - set(NETS) or (reinit and adam == "carry"):
+        raise cli.UserError(f"--reinit takes nets of {', '.join(NETS)}, with --adam=fresh (the moments of a fresh net "
+                            f"are not carried), got {','.join(reinit)} with --adam={adam}", "--reinit")
     train = data_lib.build_dataset(cfg.data, "train")
     held = data_lib.build_dataset(cfg.data, cfg.eval.split)
     x_all, pos_all = jnp.asarray(train["x"]), jnp.asarray(train["position"], jnp.float32)
@@ -223,12 +244,13 @@ def run(anchor_steps: int, free_steps: int, every: int, iteration: int, seeds: i
                   state.params, state.opt_state, every, report)
     if base is None:
         return lines
+    start = reinit_parts(base[0], state.params, reinit)
     for a in arms:
-        forces("the start", base[0], a)
+        forces("the start", start, a)
     for a in arms:
-        opt = base[1] if adam == "carry" else jax.vmap(step_lib.make_optimizer(arm_cfgs[a]).init)(base[0])
+        opt = base[1] if adam == "carry" else jax.vmap(step_lib.make_optimizer(arm_cfgs[a]).init)(start)
         out = _train(workdir and os.path.join(workdir, a), [(a, free_steps, stepper(arm_cfgs[a], False, 0.0, 10**6))],
-                     base[0], opt, every, report)
+                     start, opt, every, report)
         if out is None:
             break
         forces(f"its end ({free_steps} steps)", out[0], a)
@@ -245,6 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--every", type=int, default=150)
     p.add_argument("--arms", default="k4,k0", help=f"comma-separated, of {', '.join(ARMS)}")
     p.add_argument("--adam", choices=("fresh", "carry"), default="fresh")
+    p.add_argument("--reinit", default="", help=f"comma-separated nets of {', '.join(NETS)} that each arm starts "
+                   "afresh (a route probe: can the arm's objective find the latent the other nets were trained on?)")
     p.add_argument("--forces", type=int, default=0, metavar="N",
                    help="on N held-out trajectories, each term's push on the latent at each arm's start and end")
     p.add_argument("--iteration", type=int, default=40_000, help="training iteration whose schedules to use")
@@ -256,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         a = p.parse_args(argv)
         run(a.anchor_steps, a.free_steps, a.every, a.iteration, a.seeds, a.anchor, config_lib.parse_sets(a.set),
             a.workdir, a.supervised_steps, a.supervised_k, tuple(x for x in a.arms.split(",") if x), a.adam,
-            a.forces)
+            a.forces, tuple(x for x in a.reinit.split(",") if x))
 
 
 if __name__ == "__main__":
