@@ -203,9 +203,10 @@ def run(anchor_steps: int, free_steps: int, every: int, iteration: int, seeds: i
     state = step_lib.init_state(mcfg, seeds, jax.random.key(0), dec_offset=step_lib.mean_frame_logit(train["x"]))
     graphdef, it, key = state.graphdef, jnp.int32(iteration), jax.random.key(1)
     score = make_scorer(graphdef, held["x"][:128], held["position"][:128])
-    lines = [f"iteration {iteration} (z-ramp and teacher forcing of that step), {seeds} seeds, z_norm={mcfg.z_norm} "
-             f"group_scale={mcfg.group_scale}, supervised K={supervised_k}, adam {adam}; held-out linear | 10-NN MSE "
-             f"| ball nats per seed"]
+    header = (f"iteration {iteration} (z-ramp and teacher forcing of that step), {seeds} seeds, z_norm={mcfg.z_norm} "
+              f"group_scale={mcfg.group_scale}, supervised K={supervised_k}, adam {adam}; held-out linear | 10-NN MSE "
+              f"| ball nats per seed")
+    lines: list[str] = []
     ledger = os.path.join(workdir, "ledger.txt") if workdir else None
 
     def emit(line):
@@ -222,7 +223,7 @@ def run(anchor_steps: int, free_steps: int, every: int, iteration: int, seeds: i
 
     if workdir:
         os.makedirs(workdir, exist_ok=True)
-    emit(lines.pop(0))
+    emit(header)
 
     def stepper(c, true_latent, w, offset=0):
         fn = make_step(c, graphdef, true_latent)
