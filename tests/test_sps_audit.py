@@ -101,17 +101,21 @@ def test_parse_sets_reads_literals_and_keeps_names():
         "w_srs": 20.0, "translate_dims": (0, 2), "z_norm": "batch_var", "prior": False}
 
 
+def _probe_case(seed: int):
+    """A tiny ball config (batch 4, lr 1e-2), random frames [4, 6, 8, 8, 1] and positions, one fresh seed's state."""
+    cfg = ball_config(**dict(TINY, batch_size=4), learning_rate=1e-2)
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.integers(0, 256, (4, 6, 8, 8, 1)), jnp.uint8)
+    pos = jnp.asarray(rng.normal(size=(4, 6, 3)), jnp.float32)
+    return cfg, x, pos, step_lib.init_state(cfg, 1, jax.random.key(0))
+
+
 def test_stability_probe_anchor_pulls_the_latent_to_the_position():
     """experiments.symmetry.stability_probe.make_step: with the anchor on, the encoder means approach the given
     positions; with it off (the same steps), they do not."""
     from experiments.symmetry.stability_probe import make_step
-    from symmetry import step as step_lib
 
-    cfg = ball_config(**dict(TINY, batch_size=4), learning_rate=1e-2)
-    rng = np.random.default_rng(4)
-    x = jnp.asarray(rng.integers(0, 256, (4, 6, 8, 8, 1)), jnp.uint8)
-    pos = jnp.asarray(rng.normal(size=(4, 6, 3)), jnp.float32)
-    state = step_lib.init_state(cfg, 1, jax.random.key(0))
+    cfg, x, pos, state = _probe_case(4)
     dist = {}
     step = make_step(cfg, state.graphdef)
     for anchor in (0.0, 100.0):
@@ -129,11 +133,7 @@ def test_stability_probe_true_latent_feeds_the_position_not_the_encoder():
     gradient (it would if the loss read the encoder's means), while the decoder still learns."""
     from experiments.symmetry.stability_probe import make_step
 
-    cfg = ball_config(**dict(TINY, batch_size=4), learning_rate=1e-2)
-    rng = np.random.default_rng(5)
-    x = jnp.asarray(rng.integers(0, 256, (4, 6, 8, 8, 1)), jnp.uint8)
-    pos = jnp.asarray(rng.normal(size=(4, 6, 3)), jnp.float32)
-    state = step_lib.init_state(cfg, 1, jax.random.key(0))
+    cfg, x, pos, state = _probe_case(5)
     moved = {}
     for true_latent in (True, False):
         params, opt, _ = make_step(cfg, state.graphdef, true_latent)(

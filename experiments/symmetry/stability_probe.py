@@ -112,19 +112,20 @@ def rms_and_non_affine(g: np.ndarray, pos: np.ndarray) -> tuple[float, float]:
 
 def make_scorer(graphdef, x: np.ndarray, pos: np.ndarray):
     """params [seeds, ...] -> (linear [seeds], 10-NN [seeds], ball nats [seeds]) on trajectories x [N, T, ...] uint8."""
-    ent = frame_entropy(x.astype(np.float32) / 255.0)
+    xf = x.astype(np.float32) / 255.0
+    ent = frame_entropy(xf)
 
     @jax.jit
     @jax.vmap
     def encode_decode(p):
         model = nnx.merge(graphdef, p)
-        mu = model.encode(jnp.asarray(x, jnp.float32) / 255.0)[0]
+        mu = model.encode(jnp.asarray(xf))[0]
         return mu, model.decode(mu)
 
     def score(params):
         mu, logits = (np.asarray(a) for a in encode_decode(params))
         flat = mu.reshape(mu.shape[0], -1, mu.shape[-1])
-        nats = np.array([np.mean(frame_bce(lg, x.astype(np.float32) / 255.0) - ent) for lg in logits])
+        nats = np.array([np.mean(frame_bce(lg, xf) - ent) for lg in logits])
         return (metrics.linear_projection_mse(flat, pos.reshape(-1, 3))["mean"],
                 metrics.knn_mse(flat, pos.reshape(-1, 3), k=10)["mean"], nats)
 
