@@ -126,6 +126,12 @@ def project(points: np.ndarray, size: int = 32) -> np.ndarray:
     return np.stack([row, col], -1)
 
 
+def camera_depth(positions: np.ndarray) -> np.ndarray:
+    """Physics positions [..., 3] -> their eye-space depth [...] (distance along the camera's forward axis)."""
+    _, _, f = camera_basis()
+    return (to_gl(positions) - EYE) @ f
+
+
 def to_gl(positions: np.ndarray) -> np.ndarray:
     """Physics (x, y, z) -> GL world coordinates (x, y, -z): the authors draw the ball at (x, y, -z)."""
     return np.asarray(positions) * np.array([1.0, 1.0, -1.0])

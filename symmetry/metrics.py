@@ -186,3 +186,41 @@ def knn_mse(z: np.ndarray, positions: np.ndarray, k: int = 10) -> dict[str, np.n
     pred = np.take_along_axis(y[..., None, :, :], near[..., None], axis=-2).mean(-2)  # [..., N, 3]
     per_axis = np.mean((pred - y) ** 2, axis=-2)
     return dict(per_axis=per_axis, mean=per_axis.mean(-1))
+
+
+def _whiten(a: np.ndarray) -> np.ndarray:
+    """a [..., M, d] -> centred and multiplied by the inverse Cholesky factor of its covariance over M."""
+    a = a - a.mean(-2, keepdims=True)
+    cov = np.swapaxes(a, -1, -2) @ a / a.shape[-2]
+    chol = np.linalg.cholesky(cov + 1e-12 * np.eye(a.shape[-1]))
+    return np.swapaxes(np.linalg.solve(chol, np.swapaxes(a, -1, -2)), -1, -2)
+
+
+def depth_exponent(z: np.ndarray, positions: np.ndarray, depth: np.ndarray, min_step: float = 0.05) -> np.ndarray:
+    """How the latent's local scale changes with the ball's distance from the camera (issue 22's geometry check).
+
+    z [..., N, T, dz] (latents of N trajectories), positions [N, T, 3], depth [N, T] (e.g. ball.camera_depth).
+    Both z and positions are whitened (full covariance over all N*T frames), so an affine latent's steps have the
+    same lengths as the positions' steps; for each consecutive pair of frames the ratio |step in z| / |step in
+    position| is regressed in log-log on the pair's mean depth. Returns the slope [...]: 0 for any affine (linear)
+    latent; -k where the latent shrinks like depth^-k (the ball's image area falls like depth^-2). Pairs whose
+    whitened position step is below min_step (a ball at rest) are left out; latent steps are floored at 1e-3 of
+    their median (a latent frozen over some frames scores a large negative number, not -inf).
+    """
+    z = np.asarray(z, np.float64)
+    y = np.asarray(positions, np.float64)
+    d = np.asarray(depth, np.float64)
+    if z.shape[-3:-1] != y.shape[:2] or d.shape != y.shape[:2]:
+        raise ValueError(f"depth_exponent: z {z.shape}, positions {y.shape} and depth {d.shape} disagree on [N, T]")
+    n, t = y.shape[:2]
+    zw = _whiten(z.reshape(z.shape[:-3] + (n * t, z.shape[-1]))).reshape(z.shape)
+    yw = _whiten(y.reshape(n * t, 3)).reshape(y.shape)
+    dy = np.linalg.norm(np.diff(yw, axis=-2), axis=-1)                      # [N, T-1]
+    dz = np.linalg.norm(np.diff(zw, axis=-2), axis=-1)                      # [..., N, T-1]
+    keep = dy > min_step
+    logd = np.log(0.5 * (d[:, 1:] + d[:, :-1]))[keep]
+    dz = dz[..., keep]
+    dz = np.maximum(dz, 1e-3 * np.median(dz, -1, keepdims=True))           # a frozen latent: bounded, not -inf
+    ratio = np.log(dz / dy[keep])                                           # [..., pairs]
+    x = logd - logd.mean()
+    return (ratio - ratio.mean(-1, keepdims=True)) @ x / (x @ x)

@@ -84,3 +84,26 @@ def test_knn_mse_by_hand_and_at_its_two_ends():
     assert both["mean"].shape == (2,)
     assert both["mean"][0] < 0.05
     assert abs(both["mean"][1] - 1.1) < 0.1
+
+
+def test_depth_exponent_is_zero_for_any_affine_latent_and_recovers_a_built_in_power_of_depth():
+    """Issue 22's geometry check. An anisotropic, mixing affine map of the positions must score 0 (whitening makes
+    its steps as long as the positions'; without it the anisotropy leaks in); a latent whose every step is the
+    position step times depth^-2 (step directions independent of depth) must score about -2, and depth^+1 about +1
+    (a wrong sign or a depth taken from the wrong frame fails)."""
+    rng = np.random.default_rng(0)
+    n, t = 200, 20
+    pos = np.cumsum(rng.normal(size=(n, t, 3)), axis=1)
+    depth = np.exp(rng.uniform(np.log(3.0), np.log(15.0), size=(n, t)))
+    a = np.array([[3.0, 0.5, 0.0], [0.0, 0.2, -1.0], [1.0, 0.0, 7.0]])
+    affine = pos @ a.T + np.array([1.0, -2.0, 5.0])
+    assert abs(float(metrics.depth_exponent(affine, pos, depth))) < 1e-8
+    mid = 0.5 * (depth[:, 1:] + depth[:, :-1])
+    for k in (-2.0, 1.0):
+        steps = np.diff(pos, axis=1) * mid[..., None] ** k
+        z = np.concatenate([np.zeros((n, 1, 3)), np.cumsum(steps, axis=1)], axis=1)
+        both = metrics.depth_exponent(np.stack([z, affine]), pos, depth)   # a leading seed axis
+        assert both.shape == (2,)
+        assert abs(both[0] - k) < 0.1 and abs(both[1]) < 1e-8
+    with pytest.raises(ValueError):
+        metrics.depth_exponent(affine[:, :5], pos, depth)

@@ -191,6 +191,7 @@ def test_train_initialises_the_offset_from_the_training_set(tmp_path):
     assert [r["step"] for r in rows] == [2, 3]
     assert rows[-1]["mu_std"].shape == (2, 3) and rows[-1]["per_axis"].shape == (2, 3)
     assert rows[-1]["knn_per_axis"].shape == (2, 3) and np.all(rows[-1]["knn_mean"] > 0)
+    assert rows[-1]["depth_exp"].shape == (2,) and np.all(np.isfinite(rows[-1]["depth_exp"]))
     assert rows[-1]["z_ramp"] == 0.5   # logged at step 3 = iteration 2, halfway from 1 to 3
 
 

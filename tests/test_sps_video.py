@@ -62,6 +62,8 @@ def test_ball_pixels_where_the_camera_puts_them():
     """Ball at (0, 1, 0): eye (0,4,2) -> offset (0,-3,-2); forward (0,-4,-7)/sqrt65 gives depth 26/sqrt65, camera
     up (0,7,-4)/sqrt65 gives -13/sqrt65 -> y_ndc = -0.5/0.8 = -0.625 -> row 26.0, col 16 of 32."""
     np.testing.assert_allclose(ball.project(ball.to_gl(np.array([0.0, 1.0, 0.0])), 32), [26.0, 16.0], atol=1e-9)
+    np.testing.assert_allclose(ball.camera_depth(np.array([[0.0, 1.0, 0.0], [0.0, 1.0, 1.0]])),
+                               [26 / math.sqrt(65), 33 / math.sqrt(65)], atol=1e-12)   # physics z=1 is GL -1: deeper
     img = ball.render(np.array([[0.0, 1.0, 0.0]]))[0].astype(int)
     for r, c in ((26, 16), (25, 15), (24, 17)):
         assert img[r, c, 1] > 200 and img[r, c, 0] < 40 and img[r, c, 2] < 40, (r, c, img[r, c])

@@ -146,7 +146,8 @@ def frame_bce(logits: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def prediction_report(model, mcfg, x: np.ndarray, pos: np.ndarray, mean_frame: np.ndarray) -> dict:
     """Checks 3 / 4 on trajectories x [N, T, H, W, 3] in [0, 1]: latent errors per predicted frame teacher-forced /
-    free-running / baselines, ball nats (BCE above entropy per frame) of each decoding, linear and 10-NN MSE."""
+    free-running / baselines, ball nats (BCE above entropy per frame) of each decoding, linear and 10-NN MSE and the
+    depth exponent."""
     N, T = x.shape[:2]
     b = mcfg.base_len
     mu = np.asarray(jax.jit(lambda xb: model.encode(xb)[0])(jnp.asarray(x, jnp.float32)))
@@ -178,7 +179,8 @@ def prediction_report(model, mcfg, x: np.ndarray, pos: np.ndarray, mean_frame: n
     lp = metrics.linear_projection_mse(mu.reshape(-1, mu.shape[-1]), pos.reshape(-1, 3))
     nn = metrics.knn_mse(mu.reshape(-1, mu.shape[-1]), pos.reshape(-1, 3), k=10)
     return {"latent_err": lat, "ball_nats": nats, "linear": float(lp["mean"]), "linear_per_axis": lp["per_axis"],
-            "knn": float(nn["mean"]), "zp": zp}
+            "knn": float(nn["mean"]), "depth_exp": float(metrics.depth_exponent(mu, pos, ball.camera_depth(pos))),
+            "zp": zp}
 
 
 def audit(workdir: str, sequences: int = 64, seed: int = 0, iteration: int | None = None) -> list[str]:
@@ -214,7 +216,8 @@ def audit(workdir: str, sequences: int = 64, seed: int = 0, iteration: int | Non
         lines.append(f"   ball nats per frame (BCE above the frames' entropy): "
                      + ", ".join(f"{k} {v:.2f}" for k, v in rep["ball_nats"].items()))
         lines.append(f"   linear-projection MSE {rep['linear']:.3f} "
-                     f"(x/y/z {np.array2string(rep['linear_per_axis'], precision=3)}), 10-NN MSE {rep['knn']:.3f}")
+                     f"(x/y/z {np.array2string(rep['linear_per_axis'], precision=3)}), 10-NN MSE {rep['knn']:.3f}, "
+                     f"depth exponent {rep['depth_exp']:.2f} (0 = linear)")
     return lines
 
 

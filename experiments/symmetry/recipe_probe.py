@@ -5,8 +5,9 @@
 For every checkpoint step of the workdir and every seed, encodes the first n held-out trajectories (the run's
 eval split) and prints the std of mu over those frames per latent dim (a collapsed latent: ~0.01, issue 22) and the
 per-axis linear-projection MSE of symmetry.evaluate (spec §7.2: 1 = no position, 0 = an affine map of it), the
-per-axis 10-NN regression MSE (symmetry.metrics.knn_mse: is position in the latent at all, linear or not), plus
-the last logged z-loss ramp weight and p_tf at that step (metrics.jsonl).
+per-axis 10-NN regression MSE (symmetry.metrics.knn_mse: is position in the latent at all, linear or not), the
+depth exponent (symmetry.metrics.depth_exponent: 0 for a linear latent, about -2 for one whose scale follows the
+ball's image area), plus the last logged z-loss ramp weight and p_tf at that step (metrics.jsonl).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from m4mjax.run import checkpoint, cli
-from symmetry import data as data_lib, metrics
+from symmetry import ball, data as data_lib, metrics
 from symmetry.runs import load_seeds
 
 
@@ -36,7 +37,7 @@ def probe(workdir: str, sequences: int = 128) -> list[dict]:
     encode = jax.jit(lambda p, xb: jax.vmap(
         lambda q: nnx.merge(graphdef, q).encode(xb.astype(jnp.float32) / 255.0)[0])(p))
     steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
-    logged, out = _logged(workdir), []
+    logged, out, depth = _logged(workdir), [], ball.camera_depth(pos)
     for step in steps:
         params = checkpoint.restore_params(workdir, abstract, step=step)
         mu = np.asarray(encode(params, jnp.asarray(x)))                              # [S, N, T, d]
@@ -48,6 +49,7 @@ def probe(workdir: str, sequences: int = 128) -> list[dict]:
         first = lambda v: v[0] if isinstance(v, list) else v  # noqa: E731  (the same for every seed)
         out.append({"step": step, "mu_std": mu.reshape(S, -1, d).std(1), "per_axis": lp["per_axis"], "mean": lp["mean"],
                     "knn_per_axis": nn["per_axis"], "knn_mean": nn["mean"],
+                    "depth_exp": metrics.depth_exponent(mu, pos, depth),
                     "z_ramp": first(row.get("train/z_ramp")), "p_tf": first(row.get("train/p_tf"))})
     return out
 
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"step {r['step']:5d} seed {s}: mu std {np.array2string(r['mu_std'][s], precision=3)}  "
                   f"linear-projection MSE {r['mean'][s]:.3f} (x/y/z {np.array2string(r['per_axis'][s], precision=3)})  "
                   f"10-NN MSE {r['knn_mean'][s]:.3f} (x/y/z {np.array2string(r['knn_per_axis'][s], precision=3)})"
+                  f"  depth exponent {r['depth_exp'][s]:.2f}"
                   f"  z_ramp {_fmt(r['z_ramp'])}  p_tf {_fmt(r['p_tf'])}")
 
 
