@@ -19,7 +19,7 @@ from absl import flags
 from flax import nnx
 
 from m4mjax.run import cli, io, metrics as metrics_lib
-from symmetry import audio, data as data_lib, metrics
+from symmetry import audio, ball, data as data_lib, metrics
 from symmetry.runs import load_seeds
 
 FLAGS = flags.FLAGS
@@ -181,6 +181,8 @@ def evaluate_ball(workdir: str, cfg, mcfg, graphdef, params, out: str = "", chun
                             "mean": _mean_std(lp["mean"])},
         "self_recon_bce": _mean_std(self_bce), "prior_recon_bce": _mean_std(prior_bce),
         "prior_z_mse": _mean_std(z_mse), "loss_sequences": n_loss,
+        # not in the paper: 0 for a linear latent, about -2 for one whose scale follows the ball's image area
+        "depth_exponent": _mean_std(metrics.depth_exponent(mu, pos, ball.camera_depth(pos))),
     }
     out = out or os.path.join(workdir, "eval.json")
     io.atomic_write(out, json.dumps(result, indent=2))

@@ -189,11 +189,12 @@ def knn_mse(z: np.ndarray, positions: np.ndarray, k: int = 10) -> dict[str, np.n
 
 
 def _whiten(a: np.ndarray) -> np.ndarray:
-    """a [..., M, d] -> centred and multiplied by the inverse Cholesky factor of its covariance over M."""
+    """a [..., M, d] -> centred and multiplied by the inverse square root of its covariance over M (eigenvalues
+    floored at 1e-12 of the largest: a dead latent dimension stays finite)."""
     a = a - a.mean(-2, keepdims=True)
-    cov = np.swapaxes(a, -1, -2) @ a / a.shape[-2]
-    chol = np.linalg.cholesky(cov + 1e-12 * np.eye(a.shape[-1]))
-    return np.swapaxes(np.linalg.solve(chol, np.swapaxes(a, -1, -2)), -1, -2)
+    w, v = np.linalg.eigh(np.swapaxes(a, -1, -2) @ a / a.shape[-2])
+    w = np.maximum(w, 1e-12 * w[..., -1:] + 1e-300)
+    return a @ (v / np.sqrt(w)[..., None, :]) @ np.swapaxes(v, -1, -2)
 
 
 def depth_exponent(z: np.ndarray, positions: np.ndarray, depth: np.ndarray, min_step: float = 0.05) -> np.ndarray:

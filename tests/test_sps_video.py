@@ -232,6 +232,7 @@ def test_tiny_run_eval_json(ball_root):
     np.testing.assert_allclose(np.mean([lp[a]["per_seed"] for a in "xyz"], 0), lp["mean"]["per_seed"])
     with np.load(wd / "eval_latents.npz") as d:
         assert d["mu"].shape == (2, 4, 8, 3) and d["position"].shape == (4, 8, 3)
+    assert len(ev["depth_exponent"]["per_seed"]) == 2 and np.all(np.isfinite(ev["depth_exponent"]["per_seed"]))
     rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
     assert {"train/srs/translate", "train/sym_x/rotate_y"} <= set(rows[-1])
 
