@@ -204,7 +204,9 @@ def depth_exponent(z: np.ndarray, positions: np.ndarray, depth: np.ndarray, min_
     Both z and positions are whitened (full covariance over all N*T frames), so an affine latent's steps have the
     same lengths as the positions' steps; for each consecutive pair of frames the ratio |step in z| / |step in
     position| is regressed in log-log on the pair's mean depth. Returns the slope [...]: 0 for any affine (linear)
-    latent; -k where the latent shrinks like depth^-k (the ball's image area falls like depth^-2). Pairs whose
+    latent (of the positions' dimension, full rank); -k where the latent shrinks like depth^-k (the ball's image area
+    falls like depth^-2). Whitening weighs every latent dimension alike, so a nearly dead dimension's noise is
+    amplified and scores far from 0 (a seed that holds no position: -5 to -14 in issue 22's runs). Pairs whose
     whitened position step is below min_step (a ball at rest) are left out; latent steps are floored at 1e-3 of
     their median (a latent frozen over some frames scores a large negative number, not -inf).
     """
